@@ -1,0 +1,60 @@
+"""Gateway side of the queue: bounded enqueue, cancellation, queue depth."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pipeserve.errors import ResourceExhausted, Unavailable
+from pipeserve.internal.v1 import queue_pb2
+from pipeserve.queue.keys import Keys
+from pipeserve.queue.cancel import raise_cancel_flag
+from pipeserve.queue.protocol import ENQUEUE_SCRIPT, encode
+
+
+class RequestQueue:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        max_depth: int,
+        worker_liveness_s: float,
+        key_ttl_s: int,
+    ):
+        """worker_liveness_s: reject with UNAVAILABLE when no worker of the model
+        sent a heartbeat this recently (0 disables the check, e.g. when an
+        autoscaler starts workers from zero on queue depth)."""
+        self._redis = redis
+        self._keys = keys
+        self._max_depth = max_depth
+        self._worker_liveness_s = worker_liveness_s
+        self._key_ttl_s = key_ttl_s
+        self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
+
+    async def enqueue(self, item: queue_pb2.WorkItem) -> str:
+        """Add a work item to its model's stream, or raise without adding anything."""
+        oldest_heartbeat = time.time() - self._worker_liveness_s if self._worker_liveness_s > 0 else 0
+        try:
+            entry_id, depth = await self._enqueue(
+                keys=[self._keys.request_stream(item.model), self._keys.workers(item.model)],
+                args=[self._max_depth, encode(item), oldest_heartbeat],
+            )
+        except RedisError as exc:
+            raise Unavailable(f"the request queue (Redis) is unavailable: {exc}") from exc
+        if entry_id == -1:
+            raise ResourceExhausted(
+                f"model {item.model!r} has {depth} requests queued (limit {self._max_depth}); retry later"
+            )
+        if entry_id == -2:
+            raise Unavailable(f"no model worker for {item.model!r} is alive; retry once one has started")
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def cancel(self, request_id: str) -> None:
+        """Raise a request's cancel flag; the worker drops it at its next step."""
+        await raise_cancel_flag(self._redis, self._keys, request_id, key_ttl_s=self._key_ttl_s)
+
+    async def depth(self, model: str) -> int:
+        return await self._redis.xlen(self._keys.request_stream(model))
