@@ -69,6 +69,7 @@ class CommonSettings(BaseSettings):
     )
     key_prefix: str = Field("pipeserve", description="namespace of every Redis key")
     models_file: Path = Field(Path("models.yaml"), description="YAML file listing the served models")
+    key_ttl_s: int = Field(600, gt=0, description="TTL of every per-request Redis key (reply stream, cancel flag)")
     log_level: str = "INFO"
 
     def models(self) -> dict[str, ModelSpec]:
