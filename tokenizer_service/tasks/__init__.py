@@ -1,0 +1,1 @@
+"""Per-task preprocessing: one module per pipeline task, each with a model holder that loads itself."""
