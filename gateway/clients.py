@@ -68,6 +68,13 @@ class TokenizerClient:
             reply = await self._stub.Tokenize(internal, timeout=deadline.timeout_for("tokenization"))
         return models_pb2.TokenizeResponse(token_ids=reply.token_ids, tokens=reply.tokens, text=reply.text)
 
+    async def describe_models(self, deadline: Deadline) -> list[models_pb2.ModelInfo]:
+        with self._downstream_errors(deadline, "describing the models"):
+            reply = await self._stub.DescribeModels(
+                tokenizer_pb2.DescribeModelsRequest(), timeout=deadline.timeout_for("describing the models")
+            )
+        return list(reply.models)
+
     async def stream_text(
         self, request: tokenizer_pb2.StreamTextRequest, deadline: Deadline
     ) -> AsyncIterator[tokenizer_pb2.StreamTextResponse]:

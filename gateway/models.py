@@ -27,16 +27,11 @@ class ModelsServicer(models_pb2_grpc.ModelsServiceServicer):
 
     @grpc_errors
     async def ListModels(self, request: models_pb2.ListModelsRequest, context) -> models_pb2.ListModelsResponse:
-        """Name and task of every served model, in the models file's order.
-
-        max_context_length and has_chat_template stay unset (0 / false): only
-        the tokenizer service holds the tokenizer and config that know them,
-        and the internal API has no call that returns them yet.
-        """
-        with RequestLog("ListModels", "-"):
-            return models_pb2.ListModelsResponse(
-                models=[models_pb2.ModelInfo(name=spec.name, task=spec.task) for spec in self._models.values()]
-            )
+        """Every served model, in the models file's order, as the tokenizer service describes it
+        (only it holds the tokenizers and configs that know context length and chat template)."""
+        deadline = Deadline.for_call(context, self._request_timeout_s)
+        with RequestLog("ListModels", "-", deadline=deadline):
+            return models_pb2.ListModelsResponse(models=await self._tokenizer.describe_models(deadline))
 
     @grpc_errors
     async def Tokenize(self, request: models_pb2.TokenizeRequest, context) -> models_pb2.TokenizeResponse:

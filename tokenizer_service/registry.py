@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from pipeserve.config import ModelSpec, require_model
 from pipeserve.errors import InvalidArgument
+from pipeserve.v1 import models_pb2
 from tokenizer_service.tasks import text_generation
 from tokenizer_service.tasks.text_generation import TextGenerationModel
 
@@ -47,6 +48,18 @@ class ModelRegistry:
                 "model %s: tokenizer and configs loaded from %s in %.2f s", name, spec.path, time.monotonic() - started
             )
         return cls(specs, loaded)
+
+    def describe(self) -> list[models_pb2.ModelInfo]:
+        """Every model of the models file; what only a loaded tokenizer knows is filled where loaded."""
+        infos = []
+        for name, spec in self._specs.items():
+            info = models_pb2.ModelInfo(name=name, task=spec.task)
+            model = self._loaded.get(name)
+            if isinstance(model, TextGenerationModel):
+                info.max_context_length = model.context_length or 0
+                info.has_chat_template = model.tokenizer.chat_template is not None
+            infos.append(info)
+        return infos
 
     def text_generation(self, name: str) -> TextGenerationModel:
         """The named model, or NotFound (unknown name) / InvalidArgument (not a text-generation model)."""

@@ -42,6 +42,10 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         return await asyncio.to_thread(model.tokenize, request)
 
     @grpc_errors
+    async def DescribeModels(self, request, context) -> tokenizer_pb2.DescribeModelsResponse:
+        return tokenizer_pb2.DescribeModelsResponse(models=self._registry.describe())
+
+    @grpc_errors
     async def StreamText(self, request: tokenizer_pb2.StreamTextRequest, context: grpc.aio.ServicerContext):
         """Relay one request's reply stream as text; the stream is deleted however the call ends.
 

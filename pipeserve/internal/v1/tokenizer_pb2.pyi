@@ -1,5 +1,6 @@
 from pipeserve.internal.v1 import queue_pb2 as _queue_pb2
 from pipeserve.v1 import generation_pb2 as _generation_pb2
+from pipeserve.v1 import models_pb2 as _models_pb2
 from pipeserve.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -88,3 +89,13 @@ class StreamTextResponse(_message.Message):
     finish_reason: _types_pb2.FinishReason
     usage: _types_pb2.Usage
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_types_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class DescribeModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[_models_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...

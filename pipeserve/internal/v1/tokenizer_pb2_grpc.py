@@ -50,6 +50,11 @@ class TokenizerServiceStub:
                 request_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.StreamTextRequest.SerializeToString,
                 response_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.StreamTextResponse.FromString,
                 _registered_method=True)
+        self.DescribeModels = channel.unary_unary(
+                '/pipeserve.internal.v1.TokenizerService/DescribeModels',
+                request_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsRequest.SerializeToString,
+                response_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsResponse.FromString,
+                _registered_method=True)
 
 
 class TokenizerServiceServicer:
@@ -81,6 +86,13 @@ class TokenizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeModels(self, request, context):
+        """What the tokenizer side knows of every served model (for ListModels).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +110,11 @@ def add_TokenizerServiceServicer_to_server(servicer, server):
                     servicer.StreamText,
                     request_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.StreamTextRequest.FromString,
                     response_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.StreamTextResponse.SerializeToString,
+            ),
+            'DescribeModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeModels,
+                    request_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsRequest.FromString,
+                    response_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +199,33 @@ class TokenizerService:
             '/pipeserve.internal.v1.TokenizerService/StreamText',
             pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.StreamTextRequest.SerializeToString,
             pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.StreamTextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pipeserve.internal.v1.TokenizerService/DescribeModels',
+            pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsRequest.SerializeToString,
+            pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

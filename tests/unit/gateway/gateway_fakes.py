@@ -15,7 +15,7 @@ from gateway.config import GatewaySettings
 from gateway.server import Gateway
 from pipeserve.internal.v1 import queue_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from pipeserve.queue.keys import Keys
-from pipeserve.v1 import generation_pb2_grpc, models_pb2_grpc, types_pb2
+from pipeserve.v1 import generation_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
 
 MODEL = "tiny-llama"
 OTHER_MODEL = "tiny-classifier"
@@ -69,6 +69,14 @@ class FakeTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         self.tokenize_requests.append(request)
         text = request.prompt if request.WhichOneof("input") == "prompt" else "<chat>"
         return tokenizer_pb2.TokenizeResponse(token_ids=[7, 8], tokens=["he", "llo"], text=text)
+
+    async def DescribeModels(self, request, context):
+        return tokenizer_pb2.DescribeModelsResponse(
+            models=[
+                models_pb2.ModelInfo(name=MODEL, task="text-generation", max_context_length=2048, has_chat_template=True),
+                models_pb2.ModelInfo(name=OTHER_MODEL, task="text-classification"),
+            ]
+        )
 
     async def StreamText(self, request, context):
         self.stream_requests.append(request)

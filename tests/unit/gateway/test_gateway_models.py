@@ -9,11 +9,11 @@ from gateway_fakes import MODEL, OTHER_MODEL
 from pipeserve.v1 import models_pb2, types_pb2
 
 
-async def test_list_models_follows_the_models_file(gateway):
+async def test_list_models_relays_the_tokenizer_services_description(gateway):
     response = await gateway.models.ListModels(models_pb2.ListModelsRequest(), timeout=10)
-    assert [(m.name, m.task) for m in response.models] == [
-        (MODEL, "text-generation"),
-        (OTHER_MODEL, "text-classification"),
+    assert [(m.name, m.task, m.max_context_length, m.has_chat_template) for m in response.models] == [
+        (MODEL, "text-generation", 2048, True),
+        (OTHER_MODEL, "text-classification", 0, False),
     ]
 
 

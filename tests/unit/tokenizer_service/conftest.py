@@ -29,18 +29,6 @@ TRAINING_TEXT = [
     "Hello world, hello tokenizer. Numbers 12345 and 67890 appear too: a + b = c.",
 ] * 40
 # Text the property tests draw from: multi-byte characters of every UTF-8 length, and cleanup patterns.
-SAMPLE_TEXTS = [
-    "你好，世界！今天天气很好。",
-    "emoji 🙂 😀 🚀 🎉 👍🏽 ❤️ 🧪",
-    "東京は日本の首都です。",
-    "café naïve façade über — “quotes”",
-    "Isn't it ? I 'm here . Don't , you 're ok ! we 've",
-    "def main():\n    return {'a': 1}\n",
-    "a b c d . e",
-    "안녕하세요 Привет Ελληνικά ∑ ∫ √ ∞",
-]
-
-
 def train_llama_style_tokenizer() -> PreTrainedTokenizerFast:
     raw = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import SAMPLE_TEXTS
+from detokenizer_samples import SAMPLE_TEXTS
 
 from tokenizer_service.detokenizer import (
     REPLACEMENT_CHARACTER,

@@ -182,6 +182,17 @@ async def test_preprocess_and_tokenize_over_grpc(stub, tokenizer):
     assert list(tokenized.tokens) == tokenizer.convert_ids_to_tokens(tokenizer("Hello")["input_ids"])
 
 
+async def test_describe_models_reports_what_the_tokenizer_knows(stub):
+    response = await stub.DescribeModels(tokenizer_pb2.DescribeModelsRequest())
+    (info,) = response.models
+    assert (info.name, info.task, info.max_context_length, info.has_chat_template) == (
+        TINY_LLAMA,
+        "text-generation",
+        2048,
+        True,
+    )
+
+
 @pytest.mark.parametrize(
     ("call", "code", "mentions"),
     [

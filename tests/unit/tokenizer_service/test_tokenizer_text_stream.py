@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from conftest import SAMPLE_TEXTS
+from detokenizer_samples import SAMPLE_TEXTS
 
 from pipeserve.errors import InvalidArgument, PipeserveError, StatusError
 from pipeserve.internal.v1 import queue_pb2, tokenizer_pb2
