@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 import yaml
 
 from gateway.config import GatewaySettings
+from pipeserve.logsetup import configure_logging
 from gateway.server import serve
 
 DESCRIPTION = """\
@@ -64,11 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         settings = settings_from_args(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging("gateway", settings.log_level)
         asyncio.run(serve(settings))
     except FileNotFoundError as exc:
         sys.exit(f"pipeserve gateway: {exc}; pass --models-file or set PIPESERVE_MODELS_FILE")
