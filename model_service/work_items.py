@@ -1,0 +1,87 @@
+"""From a queued WorkItem to an engine request, refusing what the model cannot run.
+
+The gateway and tokenizer already validate what a client sends; this is the
+last line, for what only the worker knows (the loaded model's vocabulary
+and context length, its batch size). Each refusal says which field is wrong
+and what to change, and travels back as INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_service.engine.interface import GenerationRequest, SamplingOptions
+from pipeserve.errors import InvalidArgument
+from pipeserve.internal.v1 import queue_pb2
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    model: str
+    vocab_size: int
+    context_length: int | None
+    max_sequences: int
+    """Most sequences one request may ask for (the engine's batch size)."""
+
+
+def sampling_from_pb(pb: queue_pb2.SamplingParams) -> SamplingOptions:
+    return SamplingOptions(
+        max_new_tokens=pb.max_new_tokens,
+        do_sample=pb.do_sample,
+        temperature=pb.temperature,
+        top_k=pb.top_k,
+        top_p=pb.top_p,
+        repetition_penalty=pb.repetition_penalty,
+        num_return_sequences=pb.num_return_sequences,
+        seed=pb.seed if pb.HasField("seed") else None,
+        eos_token_ids=frozenset(pb.eos_token_ids),
+        ignore_eos=pb.ignore_eos,
+    )
+
+
+def request_from_work_item(item: queue_pb2.WorkItem, limits: ModelLimits) -> GenerationRequest:
+    """The engine request for a work item, or InvalidArgument saying what is wrong with it."""
+    prompt = list(item.prompt_token_ids)
+    if not prompt:
+        raise InvalidArgument("prompt_token_ids is empty: generation needs at least one prompt token")
+    low, high = min(prompt), max(prompt)
+    if low < 0 or high >= limits.vocab_size:
+        bad = low if low < 0 else high
+        raise InvalidArgument(
+            f"prompt_token_ids holds {bad}, outside the vocabulary of model {limits.model!r} [0, {limits.vocab_size}); "
+            "tokenize with this model's tokenizer"
+        )
+    sampling = sampling_from_pb(item.sampling)
+    _check_sampling(sampling, limits)
+    total = len(prompt) + sampling.max_new_tokens
+    if limits.context_length is not None and total > limits.context_length:
+        raise InvalidArgument(
+            f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({sampling.max_new_tokens}) is {total} tokens, "
+            f"more than the context length of model {limits.model!r} ({limits.context_length}); "
+            "shorten the prompt or lower max_new_tokens"
+        )
+    return GenerationRequest(item.request_id, prompt, sampling)
+
+
+def _check_sampling(sampling: SamplingOptions, limits: ModelLimits) -> None:
+    if sampling.max_new_tokens < 1:
+        raise InvalidArgument(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
+    if sampling.repetition_penalty <= 0:
+        raise InvalidArgument(f"repetition_penalty must be > 0 (1 = none), got {sampling.repetition_penalty}")
+    n = sampling.num_return_sequences
+    if not 1 <= n <= limits.max_sequences:
+        raise InvalidArgument(
+            f"num_return_sequences must be between 1 and {limits.max_sequences} (this worker's batch size), got {n}"
+        )
+    if not sampling.do_sample:
+        if n > 1:
+            raise InvalidArgument(
+                "num_return_sequences > 1 needs do_sample=true: greedy decoding would return identical sequences"
+            )
+        return
+    if sampling.temperature <= 0:
+        raise InvalidArgument(f"temperature must be > 0 when sampling, got {sampling.temperature}")
+    if sampling.top_k < 0:
+        raise InvalidArgument(f"top_k must be >= 0 (0 = no top-k filter), got {sampling.top_k}")
+    if not 0 < sampling.top_p <= 1:
+        raise InvalidArgument(f"top_p must be in (0, 1] (1 = no nucleus filter), got {sampling.top_p}")
