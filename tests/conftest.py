@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from pipeserve.local_models import TINY_LLAMA, build_models
+from pipeserve.queue.keys import Keys
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +50,19 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 def key_prefix() -> str:
     """A fresh key namespace per test, so tests sharing one Redis never see each other's keys."""
     return f"pipeserve-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis(redis_url) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def keys(redis, key_prefix) -> AsyncIterator[Keys]:
+    """The test's own key namespace; every key under it is deleted afterwards."""
+    keys = Keys(key_prefix)
+    yield keys
+    async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
+        await redis.delete(key)

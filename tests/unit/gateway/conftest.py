@@ -7,14 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 import yaml
 from gateway_fakes import MODEL, OTHER_MODEL, FakeTokenizer, RunningGateway, heartbeat
 
 from gateway.config import GatewaySettings
 from gateway.server import build_gateway
 from pipeserve.internal.v1 import tokenizer_pb2_grpc
-from pipeserve.queue.keys import Keys
 
 
 @pytest.fixture
@@ -28,20 +26,6 @@ async def fake_tokenizer() -> AsyncIterator[tuple[FakeTokenizer, str]]:
     await server.stop(None)
 
 
-@pytest.fixture
-async def redis(redis_url) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def keys(redis, key_prefix) -> AsyncIterator[Keys]:
-    """The test's own key namespace; every key under it is deleted afterwards."""
-    keys = Keys(key_prefix)
-    yield keys
-    async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
-        await redis.delete(key)
 
 
 @pytest.fixture

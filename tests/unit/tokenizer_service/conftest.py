@@ -13,14 +13,11 @@ The last two are trained here with the tokenizers library in milliseconds.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from pipeserve.queue.keys import Keys
 
 # Plain text only: CJK and emoji stay outside the sentencepiece alphabet, so they take the byte-fallback path.
 TRAINING_TEXT = [
@@ -88,19 +85,3 @@ def any_tokenizer(request):
         "sentencepiece-byte-fallback": lambda: request.getfixturevalue("llama_style_tokenizer"),
         "unigram-space-cleanup": lambda: request.getfixturevalue("space_cleaning_tokenizer"),
     }[request.param]()
-
-
-@pytest.fixture
-async def redis(redis_url) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def keys(redis, key_prefix) -> AsyncIterator[Keys]:
-    """The test's own key namespace; every key under it is deleted afterwards."""
-    keys = Keys(key_prefix)
-    yield keys
-    async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
-        await redis.delete(key)
