@@ -9,8 +9,10 @@ import sys
 import yaml
 
 from gateway.config import GatewaySettings
-from pipeserve.logsetup import configure_logging
 from gateway.server import serve
+from pipeserve.logsetup import configure_logging
+from pipeserve.metrics import start_metrics_server
+from pipeserve.tracing import configure_tracing
 
 DESCRIPTION = """\
 The pipeserve gateway: the public gRPC API (pipeserve.v1 GenerationService and
@@ -27,6 +29,15 @@ Every setting can also come from the environment; flags win over it:
   PIPESERVE_MAX_QUEUE_DEPTH, PIPESERVE_MAX_NEW_TOKENS_LIMIT,
   PIPESERVE_REQUEST_TIMEOUT_S, PIPESERVE_WORKER_LIVENESS_S,
   PIPESERVE_MAX_MESSAGE_BYTES, PIPESERVE_SHUTDOWN_GRACE_S, PIPESERVE_LOG_LEVEL.
+Security (README "Security"): PIPESERVE_API_KEYS_FILE; PIPESERVE_TLS_CERT_FILE,
+  PIPESERVE_TLS_KEY_FILE, PIPESERVE_TLS_CLIENT_CA_FILE (mutual TLS),
+  PIPESERVE_GATEWAY_HEALTH_LISTEN (plaintext health for probes);
+  PIPESERVE_TOKENIZER_TLS_CA_FILE, PIPESERVE_TOKENIZER_CLIENT_CERT_FILE,
+  PIPESERVE_TOKENIZER_CLIENT_KEY_FILE (TLS to the tokenizer service);
+  PIPESERVE_REDIS_PASSWORD_FILE.
+Observability (README "Observability"): PIPESERVE_METRICS_PORT (9090; 0 = off),
+  PIPESERVE_LOG_FORMAT (json, text; default: JSON unless stderr is a terminal),
+  OTEL_TRACES_EXPORTER (none, otlp, console) and the SDK's other OTEL_* variables.
 
 SIGTERM or SIGINT: health turns NOT_SERVING, in-flight calls get
 PIPESERVE_SHUTDOWN_GRACE_S seconds to finish, then the process exits.
@@ -64,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         settings = settings_from_args(args)
-        configure_logging("gateway", settings.log_level)
+        configure_logging("gateway", settings.log_level, settings.log_format)
+        configure_tracing("gateway", settings.traces_exporter)
+        start_metrics_server(settings.metrics_port)
         asyncio.run(serve(settings))
     except FileNotFoundError as exc:
         sys.exit(f"pipeserve gateway: {exc}; pass --models-file or set PIPESERVE_MODELS_FILE")

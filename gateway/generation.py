@@ -14,24 +14,24 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
 from gateway.clients import TokenizerClient
 from gateway.deadline import Deadline
 from gateway.request_log import RequestLog
 from gateway.validation import RequestLimits, validate_generation_request
+from pipeserve import tracing
 from pipeserve.config import ModelSpec
 from pipeserve.errors import ResourceExhausted, Unavailable, grpc_errors
 from pipeserve.internal.v1 import queue_pb2, tokenizer_pb2
-from pipeserve.queue.producer import RequestQueue
+from pipeserve.queue import producer
+from pipeserve.queue.producer import EnqueueTimeout, RequestQueue
 from pipeserve.queue.protocol import now_ms
+from pipeserve.request_context import REQUEST_ID_METADATA, bind_request_id
 from pipeserve.v1 import generation_pb2, generation_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_METADATA = "x-request-id"
-# Redis answers in milliseconds; a call that takes this long means it is
-# wedged, and the client should hear UNAVAILABLE now, not at its deadline.
-ENQUEUE_TIMEOUT_S = 5.0
 # Raising the cancel flag is best effort: a hung Redis must not hold a
 # finished call open. The worker still stops at max_new_tokens or the deadline.
 CANCEL_TIMEOUT_S = 2.0
@@ -63,10 +63,16 @@ class GenerationFlow:
         Once the work item may be on the queue, any ending other than the
         tokenizer's stream running out (client gone, deadline, an error)
         raises the request's cancel flag so the worker frees its slot.
+
+        The request id is bound for the rest of the call (grpc.aio gives each
+        call its own task), so every log line of it, and the tokenizer calls'
+        metadata, name it.
         """
         request_id = uuid.uuid4().hex
+        bind_request_id(request_id)
+        trace.get_current_span().set_attribute("pipeserve.request_id", request_id)
         deadline = Deadline.for_call(context, self._request_timeout_s)
-        with RequestLog(rpc, request.model, request_id=request_id, deadline=deadline):
+        with RequestLog(rpc, request.model, served=self._models, deadline=deadline) as accounting:
             await context.send_initial_metadata(((REQUEST_ID_METADATA, request_id),))
             validate_generation_request(request, self._models, self._limits)
             preprocessed = await self._tokenizer.preprocess(request, deadline)
@@ -78,6 +84,7 @@ class GenerationFlow:
                 deadline_unix_ms=deadline.unix_ms,
                 enqueued_unix_ms=now_ms(),
             )
+            tracing.inject(item.trace_context)
             stream_request = tokenizer_pb2.StreamTextRequest(
                 request_id=request_id,
                 model=request.model,
@@ -94,6 +101,7 @@ class GenerationFlow:
                     raise
                 async with contextlib.aclosing(self._tokenizer.stream_text(stream_request, deadline)) as texts:
                     async for text in texts:
+                        accounting.streamed(text.index, len(text.token_ids))
                         yield text
                 may_hold_a_slot = False
             finally:
@@ -102,14 +110,13 @@ class GenerationFlow:
 
     async def _enqueue(self, item: queue_pb2.WorkItem, deadline: Deadline) -> None:
         try:
-            async with asyncio.timeout(min(ENQUEUE_TIMEOUT_S, deadline.timeout_for("enqueueing"))):
-                await self._queue.enqueue(item)
-        except TimeoutError:
+            await self._queue.enqueue(
+                item, timeout_s=min(producer.ENQUEUE_TIMEOUT_S, deadline.timeout_for("enqueueing"))
+            )
+        except EnqueueTimeout:
             if deadline.expired():
                 raise deadline.exceeded("enqueueing") from None
-            raise Unavailable(
-                f"the request queue (Redis) did not answer within {ENQUEUE_TIMEOUT_S:g} s; retry later"
-            ) from None
+            raise
 
     async def _cancel(self, request_id: str) -> None:
         """Shielded: grpc may cancel the handler again while this runs, and the flag must still go up."""

@@ -30,12 +30,12 @@ class ModelsServicer(models_pb2_grpc.ModelsServiceServicer):
         """Every served model, in the models file's order, as the tokenizer service describes it
         (only it holds the tokenizers and configs that know context length and chat template)."""
         deadline = Deadline.for_call(context, self._request_timeout_s)
-        with RequestLog("ListModels", "-", deadline=deadline):
+        with RequestLog("ListModels", "-", served=self._models, deadline=deadline):
             return models_pb2.ListModelsResponse(models=await self._tokenizer.describe_models(deadline))
 
     @grpc_errors
     async def Tokenize(self, request: models_pb2.TokenizeRequest, context) -> models_pb2.TokenizeResponse:
         deadline = Deadline.for_call(context, self._request_timeout_s)
-        with RequestLog("Tokenize", request.model, deadline=deadline):
+        with RequestLog("Tokenize", request.model, served=self._models, deadline=deadline):
             validate_tokenize_request(request, self._models, self._limits)
             return await self._tokenizer.tokenize(request, deadline)

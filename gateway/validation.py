@@ -28,6 +28,8 @@ class RequestLimits:
     max_stop_length: int = 256
     max_chat_messages: int = 512
     max_prompt_chars: int = 1_000_000
+    max_eos_token_ids: int = 64
+    max_pipeline_rows: int = 256
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> RequestLimits:
@@ -38,6 +40,8 @@ class RequestLimits:
             max_stop_length=settings.max_stop_length,
             max_chat_messages=settings.max_chat_messages,
             max_prompt_chars=settings.max_prompt_chars,
+            max_eos_token_ids=settings.max_eos_token_ids,
+            max_pipeline_rows=settings.max_pipeline_rows,
         )
 
 
@@ -159,6 +163,11 @@ def validate_parameters(params: generation_pb2.GenerationParameters, limits: Req
 
     _check_stop(params.stop, limits)
 
+    if len(params.eos_token_id) > limits.max_eos_token_ids:
+        raise InvalidArgument(
+            f"parameters.eos_token_id has {len(params.eos_token_id)} ids; at most {limits.max_eos_token_ids} "
+            "are accepted (PIPESERVE_MAX_EOS_TOKEN_IDS)"
+        )
     for position, token_id in enumerate(params.eos_token_id):
         if token_id < 0:
             raise InvalidArgument(f"parameters.eos_token_id[{position}] is {token_id}; token ids are >= 0")

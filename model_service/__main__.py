@@ -12,11 +12,14 @@ import yaml
 from pydantic import ValidationError
 
 from model_service.config import WorkerSettings
+from model_service.health import WorkerHealth
 from model_service.loader import ModelLoadError, load_model
 from model_service.worker import Worker, create_lane
 from pipeserve.errors import PipeserveError
 from pipeserve.logsetup import configure_logging
+from pipeserve.metrics import start_metrics_server
 from pipeserve.queue.connection import sync_client
+from pipeserve.tracing import configure_tracing
 
 log = logging.getLogger("model_service")
 
@@ -39,10 +42,20 @@ Every setting can also come from the environment; flags win over it:
   PIPESERVE_FLUSH_TOKENS (4), PIPESERVE_FLUSH_INTERVAL_MS (30),
   PIPESERVE_HEARTBEAT_INTERVAL_S (2), PIPESERVE_IDLE_BLOCK_MS (500),
   PIPESERVE_DRAIN_TIMEOUT_S (30), PIPESERVE_LOG_LEVEL.
+Recovery (README "Failure behaviour"): PIPESERVE_CLAIM_IDLE_MS (10000; a
+  queue entry untouched this long belonged to a dead worker and is taken over
+  and resumed), PIPESERVE_MAX_DELIVERIES (3; a request that took down this
+  many workers goes to <prefix>:dead-letter:<model> and fails with INTERNAL).
+Observability (README "Observability"): PIPESERVE_WORKER_HEALTH_LISTEN
+  (0.0.0.0:50053; grpc.health.v1 for probes: NOT_SERVING until every model is
+  loaded and warmed up, SERVING after, NOT_SERVING from SIGTERM on),
+  PIPESERVE_METRICS_PORT (9090; 0 = off), PIPESERVE_LOG_FORMAT (json, text),
+  OTEL_TRACES_EXPORTER (none, otlp, console) and the SDK's other OTEL_* variables.
 
 SIGTERM or SIGINT: no new work is read and in-flight requests get
 PIPESERVE_DRAIN_TIMEOUT_S seconds to finish (a second signal cuts that
-short); unfinished ones stay unacknowledged in the queue. Exit status 0.
+short); unfinished ones stay unacknowledged in the queue, and another worker
+takes them over after PIPESERVE_CLAIM_IDLE_MS. Exit status 0.
 """
 
 
@@ -77,7 +90,16 @@ def main(argv: list[str] | None = None) -> None:
         settings = settings_from_args(args)
     except ValidationError as exc:
         sys.exit(f"pipeserve model worker: invalid settings: {exc}")
-    configure_logging("model-worker", settings.log_level)
+    configure_logging("model-worker", settings.log_level, settings.log_format)
+    try:
+        configure_tracing("model-worker", settings.traces_exporter)
+        start_metrics_server(settings.metrics_port)
+        health = WorkerHealth(settings.health_listen)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"pipeserve model worker: {exc}")
+    # Answering (NOT_SERVING) while the models load: "alive, not ready yet".
+    health.start()
+    log.info("health checks on %s:%d", settings.health_listen.rpartition(":")[0], health.port)
 
     stop, abort, serving = threading.Event(), threading.Event(), threading.Event()
 
@@ -87,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(0)
         if stop.is_set():
             abort.set()
+        else:
+            health.draining()
         log.info("received %s", signal.Signals(signum).name)
         stop.set()
 
@@ -112,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
             lane.warm_up()
     except ModelLoadError as exc:
         sys.exit(f"pipeserve model worker: {exc}")
+    health.serving()
     serving.set()
     Worker(lanes, settings).run(stop, abort)
+    health.stop()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeserve.config import ModelSpec
+from pipeserve.tasks import MODEL_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ class LoadedModel:
     """Prompt token ids must be below this (rows of the input embedding)."""
     output_vocab_size: int
     """Width of the logits."""
+    task: str
+    """The pipeline task it was loaded for (which head: pipeserve.tasks.MODEL_CLASSES)."""
+    pad_token_id: int
+    """What forward-only batches are right-padded with (attention_mask 0 there)."""
     context_length: int | None
     """Most positions the model handles (prompt + generated); None when its config sets no limit."""
     device: torch.device
@@ -65,15 +70,27 @@ def _quantization_config(spec: ModelSpec):
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load weights with the spec's revision, dtype, device_map and quantization, ready for inference."""
-    from transformers import AutoModelForCausalLM
+    """Load weights with the spec's revision, dtype, device_map and quantization, ready for inference.
 
+    The AutoModel class is the task's (pipeserve.tasks.MODEL_CLASSES), as
+    pipeline(task) picks it: a fill-mask model loads with its masked-LM head,
+    a feature-extraction model as the bare encoder.
+    """
+    import transformers
+
+    class_name = MODEL_CLASSES.get(spec.task)
+    if class_name is None:
+        raise ModelLoadError(
+            f"model {spec.name!r} has task {spec.task!r}, which model workers do not serve; "
+            f"served tasks: {', '.join(MODEL_CLASSES)}"
+        )
+    auto_class = getattr(transformers, class_name)
     quantization_config = _quantization_config(spec)
     # bitsandbytes places weights as it loads them, so it needs a device map.
     device_map = spec.device_map or ("auto" if quantization_config is not None else None)
     started = time.monotonic()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             spec.path,
             revision=spec.revision,
             dtype=_dtype(spec),
@@ -92,6 +109,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         model=model,
         input_vocab_size=model.get_input_embeddings().num_embeddings,
         output_vocab_size=output_embeddings.out_features if output_embeddings is not None else text_config.vocab_size,
+        task=spec.task,
+        pad_token_id=_pad_token_id(text_config),
         context_length=getattr(text_config, "max_position_embeddings", None),
         device=model.get_input_embeddings().weight.device,
     )
@@ -114,3 +133,9 @@ def _placement(model) -> str:
     if device_map:
         return ", ".join(sorted({str(device) for device in device_map.values()}))
     return str(model.device)
+
+
+def _pad_token_id(config) -> int:
+    """The config's pad token, else 0: padded positions are masked out, so any valid id does."""
+    pad = getattr(config, "pad_token_id", None)
+    return pad if isinstance(pad, int) and pad >= 0 else 0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_service.engine.forward_batcher import ForwardRequest
 from model_service.engine.interface import GenerationRequest, SamplingOptions
 from pipeserve.errors import InvalidArgument
 from pipeserve.internal.v1 import queue_pb2
+from pipeserve.queue.forward_rows import POSITIONS, rows_of
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,46 @@ def _check_sampling(sampling: SamplingOptions, limits: ModelLimits) -> None:
         raise InvalidArgument(f"top_k must be >= 0 (0 = no top-k filter), got {sampling.top_k}")
     if not 0 < sampling.top_p <= 1:
         raise InvalidArgument(f"top_p must be in (0, 1] (1 = no nucleus filter), got {sampling.top_p}")
+
+
+# Outputs a forward work item may ask for: the heads' names in transformers' ModelOutput classes.
+FORWARD_OUTPUTS = frozenset({"logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output"})
+
+
+def forward_request_from_work_item(item: queue_pb2.WorkItem, limits: ModelLimits) -> ForwardRequest:
+    """The batcher request for a forward work item, or InvalidArgument.
+
+    Checked here, not only where the rows were made, because one bad row
+    would otherwise fail the forward of every request batched with it.
+    """
+    work = item.forward
+    if not work.rows:
+        raise InvalidArgument("the forward work item has no rows")
+    unknown = set(work.output_names) - FORWARD_OUTPUTS or set(work.token_outputs) - set(work.output_names)
+    if not work.output_names or unknown:
+        raise InvalidArgument(f"output_names {list(work.output_names)} must be some of {sorted(FORWARD_OUTPUTS)}")
+    rows = rows_of(work)
+    names = {name for name in rows[0] if name != POSITIONS}
+    for index, row in enumerate(rows):
+        input_ids = row.get("input_ids")
+        if input_ids is None or input_ids.ndim != 1 or not len(input_ids):
+            raise InvalidArgument(f"row {index} has no input_ids (a non-empty 1-D tensor)")
+        length = len(input_ids)
+        if {name for name in row if name != POSITIONS} != names or any(row[name].shape != (length,) for name in names):
+            raise InvalidArgument(
+                f"row {index}: every row needs the same inputs ({sorted(names)}), one value per token"
+            )
+        if input_ids.min() < 0 or input_ids.max() >= limits.vocab_size:
+            raise InvalidArgument(
+                f"row {index} holds token ids outside the vocabulary of model {limits.model!r} [0, {limits.vocab_size})"
+            )
+        if limits.context_length is not None and length > limits.context_length:
+            raise InvalidArgument(
+                f"row {index} has {length} tokens, more than model {limits.model!r} takes ({limits.context_length})"
+            )
+        positions = row.get(POSITIONS)
+        if positions is not None and positions.max() >= length:
+            raise InvalidArgument(
+                f"row {index} asks for outputs at position {positions.max()}, past its {length} tokens"
+            )
+    return ForwardRequest(item.request_id, rows, tuple(work.output_names), tuple(work.token_outputs))

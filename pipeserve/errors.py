@@ -83,7 +83,7 @@ def grpc_errors(method):
             try:
                 async for item in method(self, request, context):
                     yield item
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 await _abort(context, exc)
@@ -94,7 +94,7 @@ def grpc_errors(method):
     async def unary_wrapper(self, request, context):
         try:
             return await method(self, request, context)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort(context, exc)

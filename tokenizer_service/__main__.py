@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from pipeserve.logsetup import configure_logging
+from pipeserve.metrics import start_metrics_server
+from pipeserve.tracing import configure_tracing
 from tokenizer_service.config import TokenizerSettings
 from tokenizer_service.server import serve
 
@@ -22,6 +25,12 @@ Settings come from the environment (PIPESERVE_<FIELD>, e.g.
 PIPESERVE_TOKENIZER_LISTEN, PIPESERVE_MODELS_FILE, REDIS_URL or
 PIPESERVE_REDIS_URL, PIPESERVE_KEY_PREFIX, PIPESERVE_KEY_TTL_S,
 PIPESERVE_SHUTDOWN_GRACE_S, PIPESERVE_LOG_LEVEL); flags override them.
+TLS to the gateways: PIPESERVE_TOKENIZER_TLS_CERT_FILE and _KEY_FILE, plus
+PIPESERVE_TOKENIZER_TLS_CLIENT_CA_FILE to require client certificates;
+PIPESERVE_TOKENIZER_HEALTH_LISTEN serves plaintext health checks for probes.
+Observability (README "Observability"): PIPESERVE_METRICS_PORT (9090; 0 = off),
+PIPESERVE_LOG_FORMAT (json, text; default: JSON unless stderr is a terminal),
+OTEL_TRACES_EXPORTER (none, otlp, console) and the SDK's other OTEL_* variables.
 """
 
 
@@ -42,8 +51,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {name: value for name, value in vars(args).items() if value is not None}
     settings = TokenizerSettings(**overrides)
-    configure_logging("tokenizer", settings.log_level)
-    asyncio.run(serve(settings))
+    configure_logging("tokenizer", settings.log_level, settings.log_format)
+    try:
+        configure_tracing("tokenizer", settings.traces_exporter)
+        start_metrics_server(settings.metrics_port)
+        asyncio.run(serve(settings))
+    except (OSError, ValueError) as exc:
+        # A TLS setting naming a missing or non-PEM file, a port in use, an unknown
+        # OTEL_TRACES_EXPORTER: say which, without a traceback.
+        sys.exit(f"pipeserve tokenizer: {exc}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,20 @@ from pipeserve.config import ModelSpec, require_model
 from pipeserve.errors import InvalidArgument
 from pipeserve.v1 import models_pb2
 from tokenizer_service.tasks import text_generation
+from tokenizer_service.tasks.forward import ForwardTask
+from tokenizer_service.tasks.registry import FORWARD_TASKS, ForwardTasks
+from tokenizer_service.tasks.seq2seq import SEQ2SEQ_TASKS
 from tokenizer_service.tasks.text_generation import TextGenerationModel
 
 log = logging.getLogger(__name__)
 
 # task -> loader of its tokenizer-side model; a task gets served here once it has an entry.
-TASK_LOADERS: dict[str, Callable[[ModelSpec], object]] = {text_generation.TASK: TextGenerationModel.load}
+TASK_LOADERS: dict[str, Callable[[ModelSpec], object]] = {
+    text_generation.TASK: TextGenerationModel.load,
+    # Encoder-decoder models go through the generation path too (tokenizer_service.tasks.seq2seq).
+    **{task: TextGenerationModel.load for task in SEQ2SEQ_TASKS},
+    **{task: ForwardTasks.load for task in FORWARD_TASKS},
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -58,6 +66,8 @@ class ModelRegistry:
             if isinstance(model, TextGenerationModel):
                 info.max_context_length = model.context_length or 0
                 info.has_chat_template = model.tokenizer.chat_template is not None
+            elif isinstance(model, ForwardTasks):
+                info.max_context_length = model.model.context_length or 0
             infos.append(info)
         return infos
 
@@ -67,6 +77,17 @@ class ModelRegistry:
         model = self._loaded.get(name)
         if not isinstance(model, TextGenerationModel):
             raise InvalidArgument(
-                f"model {name!r} serves task {spec.task!r}; this request needs a text-generation model"
+                f"model {name!r} serves task {spec.task!r}; this request needs a text-generation, text2text-generation, "
+                "summarization or translation model"
             )
         return model
+
+    def forward_task(self, name: str, task: str) -> ForwardTask:
+        """The named model's handler of a forward-only task, or NotFound / InvalidArgument saying what it serves."""
+        spec = require_model(self._specs, name)
+        model = self._loaded.get(name)
+        handler = model.handlers.get(task) if isinstance(model, ForwardTasks) else None
+        if handler is None:
+            tasks = ", ".join(model.handlers) if isinstance(model, ForwardTasks) else spec.task
+            raise InvalidArgument(f"model {name!r} cannot do {task!r}; its tasks: {tasks}")
+        return handler

@@ -9,12 +9,14 @@ its slot at its next step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
 from pipeserve.errors import InvalidArgument, PipeserveError, StatusError, status_code_from_int
 from pipeserve.internal.v1 import queue_pb2, tokenizer_pb2
+from pipeserve.metrics import TOKENIZER_SECONDS
 from pipeserve.v1 import types_pb2
 from tokenizer_service.detokenizer import DecodeTraits, IncrementalDetokenizer
 from tokenizer_service.stop_strings import StopStringMatcher
@@ -86,8 +88,12 @@ async def stream_text(
     cancel_sequence: CancelSequence,
     *,
     traits: DecodeTraits | None = None,
+    continues_prompt: bool = True,
 ) -> AsyncIterator[tokenizer_pb2.StreamTextResponse]:
     """Text deltas of every sequence, in chunk order; the last one carries usage.
+
+    ``continues_prompt`` is False for encoder-decoder models: their output is
+    decoded on its own (``decode(generated)``), not as the prompt's continuation.
 
     Stops reading as soon as every sequence has finished. A chunk carrying an
     error ends the stream with the worker's status code.
@@ -104,20 +110,23 @@ async def stream_text(
     count = max(options.num_sequences, 1)
     sequences: dict[int, SequenceText] = {}
     finished = 0
+    detokenize_seconds = TOKENIZER_SECONDS.labels("detokenize")
     async for chunk in chunks:
         if chunk.HasField("error"):
-            raise _worker_error(chunk.error)
+            raise worker_error(chunk.error)
         for delta in chunk.deltas:
             if delta.index >= count:
                 raise PipeserveError(f"the model worker replied for sequence {delta.index} of a request with {count}")
             sequence = sequences.get(delta.index)
             if sequence is None:
                 sequence = sequences[delta.index] = SequenceText(
-                    delta.index, tokenizer, prompt_ids, options, traits, prompt_text
+                    delta.index, tokenizer, prompt_ids if continues_prompt else (), options, traits, prompt_text
                 )
             if sequence.finished:
                 continue
+            started = time.perf_counter()
             response = sequence.apply(delta)
+            detokenize_seconds.observe(time.perf_counter() - started)
             if response is None:
                 continue
             if sequence.finished:
@@ -137,7 +146,7 @@ async def stream_text(
     raise PipeserveError(f"the reply stream ended with {count - finished} of {count} sequences unfinished")
 
 
-def _worker_error(error: queue_pb2.ReplyError) -> StatusError:
+def worker_error(error: queue_pb2.ReplyError) -> StatusError:
     code = status_code_from_int(error.code)
     if code == grpc.StatusCode.OK:
         code = grpc.StatusCode.UNKNOWN

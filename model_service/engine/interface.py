@@ -38,12 +38,23 @@ class SamplingOptions:
     eos_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
 
+    def finish_reason(self, token: int, generated: int) -> FinishReason | None:
+        """Why a sequence ends with ``token``, its ``generated``-th new token; None while it goes on."""
+        if not self.ignore_eos and token in self.eos_token_ids:
+            return FinishReason.EOS
+        if generated >= self.max_new_tokens:
+            return FinishReason.LENGTH
+        return None
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     prompt_token_ids: Sequence[int]
     sampling: SamplingOptions
+    decoder_prompt_token_ids: Sequence[int] = ()
+    """Encoder-decoder engines only: tokens the decoder already produced (a resumed sequence continues after
+    them). Decoder-only engines never get any: a resumed sequence's tokens are part of its prompt."""
 
 
 @dataclass
@@ -74,10 +85,11 @@ class GenerationEngine(Protocol):
     """An iteration-level batching engine, driven one step at a time by a single thread.
 
     ``add`` never blocks: a request that does not fit waits inside the engine
-    until rows free up; callers that want it to wait in the queue instead
-    read new work only while ``free_rows`` is positive. Every sequence of
-    every added request ends with exactly one SequenceUpdate carrying a
-    finish reason, or its request with one RequestFailed.
+    until rows (or KV cache) free up; callers that want it to wait in the
+    queue instead read new work only while ``free_rows`` is positive. ``add``
+    raises InvalidArgument for a request this engine could never run. Every
+    sequence of every added request ends with exactly one SequenceUpdate
+    carrying a finish reason, or its request with one RequestFailed.
     """
 
     @property
@@ -90,6 +102,16 @@ class GenerationEngine(Protocol):
         """True while any request is running, waiting or has events still to report."""
         ...
 
+    @property
+    def running_rows(self) -> int:
+        """Sequences in the running batch (the batch-size metric)."""
+        ...
+
+    @property
+    def cache_width(self) -> int:
+        """Tokens per row in the KV cache, padding included; times running_rows, the KV cache in use."""
+        ...
+
     def add(self, request: GenerationRequest) -> None: ...
 
     def cancel(self, request_id: str, indexes: Iterable[int] | None = None) -> None:
@@ -98,4 +120,8 @@ class GenerationEngine(Protocol):
 
     def step(self) -> list[EngineEvent]:
         """Run one iteration (admit, prefill, decode) and report what happened to each sequence."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (memory, threads); called once, when the worker stops."""
         ...

@@ -126,7 +126,10 @@ class SamplingRows:
         if self._sampled is None:
             return logits
         scores = logits if self._all_sampled else logits[self._sampled]
-        scores = scores / self.temperature[self._sampled, None]
+        # Finite, so that softmax never sees inf - inf: a temperature or repetition penalty near the float32
+        # limits (1e-45) overflows to inf. A no-op for every ordinary value; masking below still uses -inf.
+        finite = torch.finfo(scores.dtype).max
+        scores = (scores / self.temperature[self._sampled, None]).clamp(min=-finite, max=finite)
         if self._top_k_rows is not None:
             scores[self._top_k_rows] = apply_top_k(scores[self._top_k_rows], self._top_k, self._max_top_k)
         if self._top_p_rows is not None:

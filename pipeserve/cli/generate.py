@@ -16,6 +16,7 @@ from typing import TextIO
 
 import grpc
 
+from pipeserve.cli.client_channel import open_channel
 from pipeserve.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
 
 LIST_MODELS_TIMEOUT_S = 10.0
@@ -50,15 +51,23 @@ class Completion:
 def run(args: argparse.Namespace) -> int:
     try:
         prompt = read_prompt(args.prompt)
-        with grpc.insecure_channel(args.target) as channel:
+        channel = open_channel(
+            args.target,
+            api_key=args.api_key or os.environ.get("PIPESERVE_API_KEY"),
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        with channel:
             model = args.model or default_model(channel)
             request = build_request(args, model, prompt)
             completion = complete(channel, request, stream=not args.no_stream, timeout=args.timeout)
-    except ClientError as exc:
+    except (ClientError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
-        print(describe_rpc_error(exc, args.target), file=sys.stderr)
+        tls = any(value is not None for value in (args.tls_ca, args.tls_cert, args.tls_key))
+        print(describe_rpc_error(exc, args.target, tls=tls), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -206,9 +215,18 @@ def _finish_reason_name(value: int) -> str:
     return types_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
 
 
-def describe_rpc_error(error: grpc.RpcError, target: str) -> str:
+def describe_rpc_error(error: grpc.RpcError, target: str, tls: bool = False) -> str:
+    """One line for the error, and a hint when the usual cause is on the caller's side (tls: dialled with TLS)."""
     code = error.code()
     line = f"error: {code.name}: {error.details()}"
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
+    details = (error.details() or "").lower()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        line += "\n(pass --api-key, or set PIPESERVE_API_KEY, with a key the gateway's operator gave you)"
+    elif code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details or "handshake" in details or tls):
+        line += (
+            f"\n(is a gateway running at {target}? If so, check TLS: --tls-ca must have signed its certificate, "
+            "and a gateway with mutual TLS wants --tls-cert and --tls-key)"
+        )
+    elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details:
         line += f"\n(is a gateway running at {target}? start the stack with `pipeserve serve-all`, or pass --target)"
     return line

@@ -75,6 +75,13 @@ def _add_build_models(commands) -> None:
         "listing them and prints its path. No model hub is needed. Models already\n"
         "built are kept unless --force is given.",
     )
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="models to build (default: tiny-llama), e.g. the pipeline tasks' tiny-bert-sentiment, tiny-bert-ner, "
+        "tiny-bert-mlm, tiny-bert-nli, tiny-bert-embeddings, tiny-bert-qa, and tiny-t5 (summarization, translation)",
+    )
     parser.add_argument("--out", type=Path, default=Path("models"), help="directory to build in (default: models)")
     parser.add_argument("--force", action="store_true", help="rebuild models that are already there")
 
@@ -102,6 +109,13 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         help="model worker processes, each serving every text-generation model (default: 1)",
     )
     group.add_argument(
+        "--tokenizers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="tokenizer service processes; the gateway balances over them and fails over between them (default: 1)",
+    )
+    group.add_argument(
         "--redis-url",
         metavar="URL",
         help="Redis holding the request queue (default: $REDIS_URL if set, else an embedded "
@@ -113,6 +127,13 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.READY_TIMEOUT_S,
         metavar="SECONDS",
         help=f"give up (and stop everything) if the stack is not ready by then (default: {defaults.READY_TIMEOUT_S:g})",
+    )
+    group.add_argument(
+        "--metrics-port-base",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics from every process on consecutive ports: the gateway on PORT, the "
+        "tokenizer on PORT+1, model worker N on PORT+1+N (default: no metrics)",
     )
     group.add_argument(
         "--stop-timeout",
@@ -135,7 +156,10 @@ def _add_serve_all(commands) -> None:
         "line and serves. If any process exits, the others are stopped and the command\n"
         "exits 1 naming it. Ctrl-C or SIGTERM stops the gateway, then the workers, then\n"
         "the tokenizer, then Redis. Environment: REDIS_URL, PIPESERVE_MODELS_FILE,\n"
-        "PIPESERVE_KEY_PREFIX and every service's own PIPESERVE_* settings pass through.",
+        "PIPESERVE_KEY_PREFIX and every service's own PIPESERVE_* settings pass through,\n"
+        "except two that must differ per process: each model worker answers health checks\n"
+        "on a free loopback port (PIPESERVE_WORKER_HEALTH_LISTEN), and metrics ports come\n"
+        "from --metrics-port-base (PIPESERVE_METRICS_PORT is ignored).",
     )
     parser.add_argument(
         "--models-file",
@@ -148,8 +172,9 @@ def _add_serve_all(commands) -> None:
         "--ready-file",
         type=Path,
         metavar="PATH",
-        help='once ready, write {"gateway": "host:port", "redis_url": ..., "models": [...]} there as JSON '
-        "(atomically); removed again on shutdown",
+        help='once ready, write {"gateway": "host:port", "redis_url": ..., "models": [...], "metrics": '
+        '{child: "host:port"}, "worker_health": {child: "host:port"}} there as JSON (atomically); removed again '
+        "on shutdown",
     )
 
 
@@ -182,6 +207,15 @@ def _add_generate(commands) -> None:
     parser.add_argument(
         "--model", metavar="NAME", help="model name (default: the first text-generation model the gateway lists)"
     )
+    security = parser.add_argument_group("security (a gateway with API keys or TLS)")
+    security.add_argument(
+        "--api-key", metavar="KEY", help="sent as 'authorization: Bearer KEY' (default: $PIPESERVE_API_KEY)"
+    )
+    security.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial over TLS, trusting this CA bundle")
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="client certificate, for a gateway that requires mutual TLS"
+    )
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
     options = parser.add_argument_group("generation options (unset: the model's default)")
     options.add_argument("--max-new-tokens", type=int, metavar="N")
     options.add_argument(
@@ -252,6 +286,20 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
     return value
 
 

@@ -41,11 +41,13 @@ def stack_from_args(
         gateway_listen=args.gateway_listen,
         tokenizer_listen=args.tokenizer_listen,
         model_workers=args.model_workers,
+        tokenizers=args.tokenizers,
         redis_url=args.redis_url or environment.redis_url,
         key_prefix=environment.key_prefix,
         ready_timeout_s=args.ready_timeout,
         stop_timeout_s=args.stop_timeout,
         env=env,
+        metrics_port_base=args.metrics_port_base,
     )
 
 
@@ -97,10 +99,23 @@ def serve(
 def announce(stack: Stack, ready_file: Path | None) -> None:
     """The ready file, when asked for, then the ready line on stdout: whoever sees either can use both.
 
-    The file is written atomically, so a poller never reads half of it.
+    The file is written atomically, so a poller never reads half of it. It
+    also says where each child serves its metrics (when on) and each model
+    worker its health checks.
     """
+    if stack.metrics_addresses:
+        say(
+            "metrics: "
+            + ", ".join(f"{name} http://{address}/metrics" for name, address in stack.metrics_addresses.items())
+        )
     if ready_file is not None:
-        info = {"gateway": stack.gateway_address, "redis_url": stack.redis_url, "models": list(stack.models)}
+        info = {
+            "gateway": stack.gateway_address,
+            "redis_url": stack.redis_url,
+            "models": list(stack.models),
+            "metrics": stack.metrics_addresses,
+            "worker_health": stack.worker_health_addresses,
+        }
         partial = ready_file.with_name(ready_file.name + ".partial")
         partial.write_text(json.dumps(info) + "\n")
         os.replace(partial, ready_file)

@@ -15,6 +15,7 @@ Test fixtures and scripts use it from Python::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -29,14 +30,20 @@ import yaml
 from pydantic import ValidationError
 
 from pipeserve.cli import defaults, probes
+from pipeserve.cli.progress import say
 from pipeserve.cli.services import service_argv
 from pipeserve.cli.supervisor import ChildSpec, ReadinessCheck, ReadinessTimeout, Reporter, StopResult, Supervisor
 from pipeserve.config import ModelSpec, load_models_file
 from pipeserve.queue.keys import Keys
+from pipeserve.tasks import MODEL_CLASSES
 
 REDIS_READY_TIMEOUT_S = 15.0
 CHILD_GRACE_FRACTION = 2 / 3
-WORKER_TASK = "text-generation"
+# A service's TLS certificate setting -> its plaintext health-only listen setting.
+TLS_HEALTH_LISTENS = {
+    "PIPESERVE_TOKENIZER_TLS_CERT_FILE": "PIPESERVE_TOKENIZER_HEALTH_LISTEN",
+    "PIPESERVE_TLS_CERT_FILE": "PIPESERVE_GATEWAY_HEALTH_LISTEN",
+}
 
 
 class StackError(RuntimeError):
@@ -53,6 +60,20 @@ class Stack:
     PIPESERVE_DRAIN_TIMEOUT_S) default to two thirds of it. A failed start
     stops whatever it had started before raising, so no process is left
     behind.
+
+    Each model worker answers health checks on a free loopback port of its
+    own (``worker_health_addresses``). Prometheus metrics are off unless
+    ``metrics_port_base`` is given; then the gateway serves them on that port,
+    the tokenizer on the next and model worker N on base + 1 + N
+    (``metrics_addresses``). One PIPESERVE_METRICS_PORT for every child could
+    only collide, so the environment's is not passed on.
+
+    ``tokenizers`` > 1 starts more tokenizer services, on free ports of the
+    tokenizer listen host (an IP address then), without metrics; the gateway
+    balances over all of them. Tokenizers and model workers that exit once
+    the stack is up are started again, as Kubernetes would restart their pods
+    (the failure model says what happens to their requests meanwhile); the
+    gateway or Redis exiting stops the stack.
     """
 
     def __init__(
@@ -62,27 +83,38 @@ class Stack:
         gateway_listen: str = defaults.GATEWAY_LISTEN,
         tokenizer_listen: str = defaults.TOKENIZER_LISTEN,
         model_workers: int = 1,
+        tokenizers: int = 1,
         redis_url: str | None = None,
         key_prefix: str = "pipeserve",
         env: Mapping[str, str] | None = None,
         ready_timeout_s: float = defaults.READY_TIMEOUT_S,
         stop_timeout_s: float = defaults.STOP_TIMEOUT_S,
+        metrics_port_base: int | None = None,
     ):
         if model_workers < 0:
             raise StackError(f"model_workers must be 0 or more, got {model_workers}")
+        if tokenizers < 1:
+            raise StackError(f"tokenizers must be 1 or more, got {tokenizers}")
         self.models_file = Path(models_file).resolve()
         self.gateway_listen = gateway_listen
         self.tokenizer_listen = tokenizer_listen
         self.model_workers = model_workers
+        self.tokenizers = tokenizers
+        self._tokenizer_listens = [tokenizer_listen]
         self.key_prefix = key_prefix
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._given_redis_url = redis_url
         self._extra_env = dict(env or {})
-        self._supervisor = Supervisor(stop_timeout_s=stop_timeout_s)
+        self._supervisor = Supervisor(stop_timeout_s=stop_timeout_s, say=say)
         self._redis_url: str | None = None
         self._redis_dir: tempfile.TemporaryDirectory | None = None
         self.models: dict[str, ModelSpec] = {}
+        self.metrics_port_base = metrics_port_base
+        self.metrics_addresses: dict[str, str] = {}
+        """Child name -> where its /metrics is served (empty when metrics are off)."""
+        self.worker_health_addresses: dict[str, str] = {}
+        """model-worker-N -> its grpc.health.v1 address."""
 
     @property
     def gateway_address(self) -> str:
@@ -92,6 +124,16 @@ class Stack:
     @property
     def tokenizer_address(self) -> str:
         return connect_address(self.tokenizer_listen)
+
+    @property
+    def tokenizer_target(self) -> str:
+        """The gateway's gRPC target: the tokenizer's address, or every tokenizer's as an ipv4:/ipv6: list."""
+        if len(self._tokenizer_listens) == 1:
+            return self.tokenizer_address
+        addresses = [connect_address(listen) for listen in self._tokenizer_listens]
+        host, _port = split_address(addresses[0])
+        scheme = "ipv6" if ipaddress.ip_address(host).version == 6 else "ipv4"
+        return f"{scheme}:{','.join(addresses)}"
 
     @property
     def redis_url(self) -> str:
@@ -144,6 +186,8 @@ class Stack:
         listens = {"gateway": self.gateway_listen, "tokenizer": self.tokenizer_listen}
         for service, listen in listens.items():
             ensure_bindable(listen, service)
+        self._tokenizer_listens = self._more_tokenizer_listens()
+        metrics_ports = self._metrics_ports()
         self._redis_url = self._given_redis_url or self._start_embedded_redis()
         redis_check = ReadinessCheck(
             "redis", f"Redis at {redact(self._redis_url)} answers PING", probes.redis_answers(self._redis_url)
@@ -160,19 +204,40 @@ class Stack:
 
         heartbeats_since = time.time() - 1.0
         env = self._service_env()
-        self._supervisor.start(ChildSpec("tokenizer", service_argv("tokenizer", []), env))
-        for number in range(1, self.model_workers + 1):
+        tokenizer_envs = {}
+        for number, listen in enumerate(self._tokenizer_listens, 1):
+            name = "tokenizer" if number == 1 else f"tokenizer-{number}"
+            tokenizer_envs[name] = self._child_env(env, name, metrics_ports)
+            if number > 1:
+                tokenizer_envs[name]["PIPESERVE_TOKENIZER_LISTEN"] = listen
+                if env.get("PIPESERVE_TOKENIZER_HEALTH_LISTEN"):
+                    tokenizer_envs[name]["PIPESERVE_TOKENIZER_HEALTH_LISTEN"] = f"127.0.0.1:{free_port()}"
             self._supervisor.start(
-                ChildSpec(f"model-worker-{number}", service_argv("model-worker", []), env, stage="model-workers")
+                ChildSpec(name, service_argv("tokenizer", []), tokenizer_envs[name], stage="tokenizers", restart=True)
             )
-        self._supervisor.start(ChildSpec("gateway", service_argv("gateway", []), env))
+        for number in range(1, self.model_workers + 1):
+            name = f"model-worker-{number}"
+            worker_env = self._child_env(env, name, metrics_ports)
+            self._supervisor.start(
+                ChildSpec(name, service_argv("model-worker", []), worker_env, stage="model-workers", restart=True)
+            )
+        self._supervisor.start(
+            ChildSpec("gateway", service_argv("gateway", []), self._child_env(env, "gateway", metrics_ports))
+        )
 
         checks = [
             ReadinessCheck(
-                "tokenizer",
-                f"tokenizer serving on {self.tokenizer_address}",
-                probes.grpc_serving(self.tokenizer_address),
+                name,
+                f"{name} serving on {connect_address(child_env['PIPESERVE_TOKENIZER_LISTEN'])}",
+                probes.grpc_serving(
+                    health_address(
+                        child_env,
+                        "PIPESERVE_TOKENIZER_HEALTH_LISTEN",
+                        connect_address(child_env["PIPESERVE_TOKENIZER_LISTEN"]),
+                    )
+                ),
             )
+            for name, child_env in tokenizer_envs.items()
         ]
         keys = Keys(self.key_prefix)
         if self.model_workers:
@@ -189,10 +254,58 @@ class Stack:
                 )
         checks.append(
             ReadinessCheck(
-                "gateway", f"gateway serving on {self.gateway_address}", probes.grpc_serving(self.gateway_address)
+                "gateway",
+                f"gateway serving on {self.gateway_address}",
+                probes.grpc_serving(health_address(env, "PIPESERVE_GATEWAY_HEALTH_LISTEN", self.gateway_address)),
             )
         )
         self._supervisor.wait_ready(checks, self.ready_timeout_s, reporter)
+
+    def _more_tokenizer_listens(self) -> list[str]:
+        """The tokenizer listen address, then a free port on its host for each further tokenizer."""
+        if self.tokenizers == 1:
+            return [self.tokenizer_listen]
+        host, _port = split_address(self.tokenizer_listen)
+        try:
+            ipaddress.ip_address(host or "0.0.0.0")
+        except ValueError:
+            raise StackError(
+                f"several tokenizers need an IP address to listen on (the gateway dials them all), "
+                f"not {host!r}; use e.g. --tokenizer-listen 127.0.0.1:50052"
+            ) from None
+        bracketed = f"[{host}]" if ":" in host else host
+        return [self.tokenizer_listen, *(f"{bracketed}:{free_port()}" for _ in range(self.tokenizers - 1))]
+
+    def _metrics_ports(self) -> dict[str, int]:
+        """Each child's metrics port (none when metrics are off), checked free before anything starts."""
+        if self.metrics_port_base is None:
+            return {}
+        names = ["gateway", "tokenizer", *(f"model-worker-{n}" for n in range(1, self.model_workers + 1))]
+        ports = {name: self.metrics_port_base + offset for offset, name in enumerate(names)}
+        for name, port in ports.items():
+            if not 0 < port < 65536:
+                raise StackError(
+                    f"metrics port {port} for the {name} is out of range; pick a lower --metrics-port-base"
+                )
+            try:
+                ensure_bindable(f"0.0.0.0:{port}", f"{name} metrics")
+            except StackError:
+                raise StackError(
+                    f"metrics port {port} for the {name} is taken (ports {min(ports.values())}-{max(ports.values())} "
+                    "are needed); pick another --metrics-port-base"
+                ) from None
+        return ports
+
+    def _child_env(self, env: dict[str, str], name: str, metrics_ports: dict[str, int]) -> dict[str, str]:
+        """The stack's environment plus what is this child's alone: its metrics port (0: off), a worker's health port."""
+        port = metrics_ports.get(name, 0)
+        child = {**env, "PIPESERVE_METRICS_PORT": str(port)}
+        if port:
+            self.metrics_addresses[name] = f"127.0.0.1:{port}"
+        if name.startswith("model-worker"):
+            health = f"127.0.0.1:{free_port()}"
+            self.worker_health_addresses[name] = child["PIPESERVE_WORKER_HEALTH_LISTEN"] = health
+        return child
 
     def _load_models(self) -> dict[str, ModelSpec]:
         if not self.models_file.is_file():
@@ -228,13 +341,17 @@ class Stack:
         grace = f"{self.stop_timeout_s * CHILD_GRACE_FRACTION:g}"
         env.setdefault("PIPESERVE_SHUTDOWN_GRACE_S", grace)
         env.setdefault("PIPESERVE_DRAIN_TIMEOUT_S", grace)
+        # The readiness probes speak plaintext: a service serving TLS answers them on a plaintext health port.
+        for certificate, health_listen in TLS_HEALTH_LISTENS.items():
+            if env.get(certificate) and not env.get(health_listen):
+                env[health_listen] = f"127.0.0.1:{free_port()}"
         env.update(
             {
                 "REDIS_URL": self.redis_url,
                 "PIPESERVE_KEY_PREFIX": self.key_prefix,
                 "PIPESERVE_MODELS_FILE": str(self.models_file),
                 "PIPESERVE_TOKENIZER_LISTEN": self.tokenizer_listen,
-                "PIPESERVE_TOKENIZER_TARGET": self.tokenizer_address,
+                "PIPESERVE_TOKENIZER_TARGET": self.tokenizer_target,
                 "PIPESERVE_GATEWAY_LISTEN": self.gateway_listen,
                 "PYTHONUNBUFFERED": "1",
             }
@@ -242,15 +359,20 @@ class Stack:
         return env
 
 
+def health_address(env: Mapping[str, str], health_listen: str, service_address: str) -> str:
+    """Where a readiness probe checks a service's health: its plaintext health port if it has one."""
+    return connect_address(env[health_listen]) if env.get(health_listen) else service_address
+
+
 def models_served_by_workers(models: dict[str, ModelSpec], worker_models: str | None) -> list[str]:
     """The models whose heartbeats to wait for, as model_service chooses them.
 
-    PIPESERVE_WORKER_MODELS (comma-separated) when set, else every
-    text-generation model in the models file.
+    PIPESERVE_WORKER_MODELS (comma-separated) when set, else every model
+    of a task model workers serve (one with a model class in pipeserve.tasks).
     """
     if worker_models and worker_models.strip():
         return [name.strip() for name in worker_models.split(",") if name.strip()]
-    return [name for name, spec in models.items() if spec.task == WORKER_TASK]
+    return [name for name, spec in models.items() if spec.task in MODEL_CLASSES]
 
 
 def split_address(address: str) -> tuple[str, int]:

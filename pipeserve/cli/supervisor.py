@@ -8,6 +8,10 @@ services behind it still run). On Linux each child is also sent SIGTERM if
 the supervisor dies without cleaning up, so no child outlives it; that tie
 is to the thread that started the child, so start children from a thread
 that lives as long as they should (the main thread).
+
+A child whose spec says ``restart`` is started again when it exits once the
+set is up (``wait``), like a Kubernetes pod with restartPolicy Always; during
+start-up its exit fails the start like any other's.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 POLL_INTERVAL_S = 0.1
 _PR_SET_PDEATHSIG = 1
+# A restarted child that dies young waits twice as long before the next start, up to the maximum;
+# one that ran for RESTART_RESET_S starts from the first delay again (Kubernetes' CrashLoopBackOff, shorter).
+RESTART_DELAY_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
+RESTART_RESET_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class ChildSpec:
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
     stage: str | None = None
+    restart: bool = False
+    """Start it again when it exits after start-up (a worker whose work others can take over meanwhile)."""
 
     @property
     def stop_stage(self) -> str:
@@ -111,11 +122,21 @@ class _Child:
     spec: ChildSpec
     process: subprocess.Popen
     killed: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    restart_delay_s: float = RESTART_DELAY_S
+    restart_at: float | None = None
+    """Set while an exited restartable child waits for its next start."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class Supervisor:
-    def __init__(self, stop_timeout_s: float = 15.0):
+    def __init__(self, stop_timeout_s: float = 15.0, say: Callable[[str], None] = _say):
+        """say: where a line about a restart goes."""
         self.stop_timeout_s = stop_timeout_s
+        self._say = say
         self._children: list[_Child] = []
 
     @property
@@ -124,19 +145,15 @@ class Supervisor:
 
     def start(self, spec: ChildSpec) -> subprocess.Popen:
         """Start one child; its stdout and stderr are the supervisor's, its stdin is empty."""
-        process = subprocess.Popen(
-            list(spec.argv),
-            env=dict(spec.env) if spec.env is not None else None,
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-            preexec_fn=_exit_with_parent(),  # noqa: PLW1509 - only calls prctl, which takes no lock
-        )
+        process = _spawn(spec)
         self._children.append(_Child(spec, process))
         return process
 
     def check(self) -> None:
-        """Raise ChildExited for the first child that has exited: a supervised child never should."""
+        """Raise ChildExited for the first child that has exited and is not waiting for a restart."""
         for child in self._children:
+            if child.restart_at is not None:
+                continue
             returncode = child.process.poll()
             if returncode is not None:
                 raise ChildExited(child.spec.name, returncode)
@@ -164,10 +181,32 @@ class Supervisor:
             time.sleep(POLL_INTERVAL_S)
 
     def wait(self) -> None:
-        """Block until a child exits, then raise ChildExited naming it."""
+        """Block until a child exits that is not restarted, then raise ChildExited naming it."""
         while True:
+            self._restart_exited()
             self.check()
             time.sleep(POLL_INTERVAL_S)
+
+    def _restart_exited(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            if not child.spec.restart:
+                continue
+            if child.restart_at is None:
+                returncode = child.process.poll()
+                if returncode is None:
+                    continue
+                if now - child.started_at >= RESTART_RESET_S:
+                    child.restart_delay_s = RESTART_DELAY_S
+                child.restart_at = now + child.restart_delay_s
+                self._say(
+                    f"{child.spec.name} exited ({describe_returncode(returncode)}); "
+                    f"starting it again in {child.restart_delay_s:g}s"
+                )
+                child.restart_delay_s = min(2 * child.restart_delay_s, RESTART_DELAY_MAX_S)
+            elif now >= child.restart_at:
+                child.process = _spawn(child.spec)
+                child.started_at, child.restart_at = now, None
 
     def stop(self) -> list[StopResult]:
         """Stop every child, the last-started stage first: SIGTERM, wait, then SIGKILL its process group.
@@ -181,7 +220,8 @@ class Supervisor:
         except KeyboardInterrupt:
             for child in self._children:
                 self._kill(child)
-        return [StopResult(c.spec.name, c.process.returncode, c.killed) for c in self._children]
+        # A child waiting for its restart has nothing to stop; its exit was told when it happened.
+        return [StopResult(c.spec.name, c.process.returncode, c.killed) for c in self._children if c.restart_at is None]
 
     def _stages_in_stop_order(self) -> list[list[_Child]]:
         stages: dict[str, list[_Child]] = {}
@@ -211,6 +251,16 @@ class Supervisor:
                 pass
             child.killed = True
         child.process.wait()
+
+
+def _spawn(spec: ChildSpec) -> subprocess.Popen:
+    return subprocess.Popen(
+        list(spec.argv),
+        env=dict(spec.env) if spec.env is not None else None,
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=_exit_with_parent(),  # noqa: PLW1509 - only calls prctl, which takes no lock
+    )
 
 
 def _exit_with_parent() -> Callable[[], None] | None:

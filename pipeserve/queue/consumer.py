@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import redis
 from redis.exceptions import ResponseError
 
 from pipeserve.internal.v1 import queue_pb2
 from pipeserve.queue.keys import CONSUMER_GROUP, Keys
-from pipeserve.queue.protocol import ALL_SEQUENCES, PAYLOAD_FIELD, decode_work_item, encode
+from pipeserve.queue.protocol import ALL_SEQUENCES, PAYLOAD_FIELD, PUBLISH_SCRIPT, decode_work_item, encode
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class WorkConsumer:
         self._consumer = consumer
         self._stream = keys.request_stream(model)
         self._key_ttl_s = key_ttl_s
+        self._publish = client.register_script(PUBLISH_SCRIPT)
 
     @property
     def consumer(self) -> str:
@@ -61,25 +62,31 @@ class WorkConsumer:
         response = self._redis.xreadgroup(
             CONSUMER_GROUP, self._consumer, {self._stream: ">"}, count=count, block=block_ms
         )
+        return [item for _stream, entries in response or [] for item in self._decode(entries)]
+
+    def _decode(self, entries) -> list[tuple[str, queue_pb2.WorkItem]]:
         items = []
-        for _stream, entries in response or []:
-            for entry_id, fields in entries:
-                entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                try:
-                    items.append((entry, decode_work_item(fields[PAYLOAD_FIELD])))
-                except Exception:  # noqa: BLE001 - any undecodable entry is dropped the same way
-                    log.error("dropping malformed work item %s on %s", entry, self._stream)
-                    self.finish([entry])
+        for entry_id, fields in entries:
+            entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            try:
+                items.append((entry, decode_work_item(fields[PAYLOAD_FIELD])))
+            except Exception:  # noqa: BLE001 - any undecodable entry is dropped the same way
+                log.error("dropping malformed work item %s on %s", entry, self._stream)
+                self.finish([entry])
         return items
 
     def publish(self, chunks: Iterable[tuple[str, queue_pb2.ReplyChunk]]) -> None:
-        """Append reply chunks to their requests' reply streams in one round trip."""
+        """Append reply chunks to their requests' reply streams in one round trip.
+
+        A chunk of a request cancelled as a whole is dropped (PUBLISH_SCRIPT):
+        its client is gone and its reply stream deleted, which a late chunk
+        would only bring back until the TTL.
+        """
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         for request_id, chunk in chunks:
-            stream = self._keys.reply_stream(request_id)
-            pipe.xadd(stream, {PAYLOAD_FIELD: encode(chunk)})
-            pipe.expire(stream, self._key_ttl_s)
+            keys = [self._keys.reply_stream(request_id), self._keys.cancel(request_id)]
+            self._publish(keys=keys, args=[encode(chunk), self._key_ttl_s], client=pipe)
             count += 1
         if count:
             pipe.execute()
@@ -100,11 +107,38 @@ class WorkConsumer:
             result[request_id] = None if ALL_SEQUENCES in flags else {int(f) for f in flags if f.isdigit()}
         return result
 
-    def finish(self, entry_ids: Iterable[str]) -> None:
-        """Acknowledge and delete entries whose reply is final (the queue depth counts the rest)."""
+    def finish(self, entry_ids: Iterable[str], ended_requests: Iterable[str] = ()) -> None:
+        """Acknowledge and delete entries whose reply is final (the queue depth counts the rest).
+
+        The cancel flags of ended_requests go too: a stop string's flag has
+        done its job once the request is over, and need not wait for its TTL.
+        """
         ids = list(entry_ids)
         if ids:
             pipe = self._redis.pipeline(transaction=False)
             pipe.xack(self._stream, CONSUMER_GROUP, *ids)
             pipe.xdel(self._stream, *ids)
+            flags = [self._keys.cancel(request_id) for request_id in ended_requests]
+            if flags:
+                pipe.delete(*flags)
             pipe.execute()
+
+
+def read_any(consumers: Sequence[WorkConsumer], block_ms: int) -> dict[str, list[tuple[str, queue_pb2.WorkItem]]]:
+    """Wait on the streams of several models at once: one XREADGROUP, at most one new item per stream.
+
+    A worker serving several models blocks here when idle, so work for any
+    of them wakes it at once (blocking on each stream in turn would leave one
+    model's requests waiting out the others' block times). The consumers
+    share one Redis client and consumer name (one worker process).
+    """
+    first = consumers[0]
+    by_stream = {consumer._stream: consumer for consumer in consumers}
+    response = first._redis.xreadgroup(
+        CONSUMER_GROUP, first._consumer, {stream: ">" for stream in by_stream}, count=1, block=block_ms
+    )
+    items: dict[str, list[tuple[str, queue_pb2.WorkItem]]] = {}
+    for stream, entries in response or []:
+        consumer = by_stream[stream.decode() if isinstance(stream, bytes) else stream]
+        items[consumer._model] = consumer._decode(entries)
+    return items

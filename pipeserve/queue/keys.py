@@ -26,3 +26,7 @@ class Keys:
     def workers(self, model: str) -> str:
         """Sorted set: worker id -> last heartbeat (unix seconds)."""
         return f"{self.prefix}:workers:{model}"
+
+    def dead_letter(self, model: str) -> str:
+        """Work items of one model that took down max_deliveries workers, with why; capped, not per request."""
+        return f"{self.prefix}:dead-letter:{model}"

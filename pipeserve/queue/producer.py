@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import redis.asyncio as aioredis
@@ -9,9 +10,16 @@ from redis.exceptions import RedisError
 
 from pipeserve.errors import ResourceExhausted, Unavailable
 from pipeserve.internal.v1 import queue_pb2
-from pipeserve.queue.keys import Keys
 from pipeserve.queue.cancel import raise_cancel_flag
+from pipeserve.queue.keys import Keys
 from pipeserve.queue.protocol import ENQUEUE_SCRIPT, encode
+
+ENQUEUE_TIMEOUT_S = 5.0
+"""Redis answers in milliseconds: an enqueue this slow means it is wedged, so UNAVAILABLE now, not at the deadline."""
+
+
+class EnqueueTimeout(Unavailable):
+    """Redis did not answer the enqueue in time (a wedged server, or the caller's shorter deadline)."""
 
 
 class RequestQueue:
@@ -34,14 +42,22 @@ class RequestQueue:
         self._key_ttl_s = key_ttl_s
         self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
-    async def enqueue(self, item: queue_pb2.WorkItem) -> str:
-        """Add a work item to its model's stream, or raise without adding anything."""
+    async def enqueue(self, item: queue_pb2.WorkItem, *, timeout_s: float | None = None) -> str:
+        """Add a work item to its model's stream, or raise without adding anything.
+
+        EnqueueTimeout when Redis does not answer within timeout_s (default ENQUEUE_TIMEOUT_S).
+        """
         oldest_heartbeat = time.time() - self._worker_liveness_s if self._worker_liveness_s > 0 else 0
         try:
-            entry_id, depth = await self._enqueue(
-                keys=[self._keys.request_stream(item.model), self._keys.workers(item.model)],
-                args=[self._max_depth, encode(item), oldest_heartbeat],
-            )
+            async with asyncio.timeout(ENQUEUE_TIMEOUT_S if timeout_s is None else timeout_s):
+                entry_id, depth = await self._enqueue(
+                    keys=[self._keys.request_stream(item.model), self._keys.workers(item.model)],
+                    args=[self._max_depth, encode(item), oldest_heartbeat],
+                )
+        except TimeoutError:
+            raise EnqueueTimeout(
+                f"the request queue (Redis) did not answer within {ENQUEUE_TIMEOUT_S:g} s; retry later"
+            ) from None
         except RedisError as exc:
             raise Unavailable(f"the request queue (Redis) is unavailable: {exc}") from exc
         if entry_id == -1:
@@ -53,8 +69,18 @@ class RequestQueue:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def cancel(self, request_id: str) -> None:
-        """Raise a request's cancel flag; the worker drops it at its next step."""
+        """End a request its client left: raise its cancel flag, so the worker drops it at its next step.
+
+        Its reply stream goes too: no StreamText will resume the request now
+        (a tokenizer whose call was cancelled leaves the stream for one), and
+        the worker publishes nothing more for a cancelled request. Best effort,
+        like the flag; the key TTL covers a failure.
+        """
         await raise_cancel_flag(self._redis, self._keys, request_id, key_ttl_s=self._key_ttl_s)
+        try:
+            await self._redis.delete(self._keys.reply_stream(request_id))
+        except RedisError:
+            pass
 
     async def depth(self, model: str) -> int:
         return await self._redis.xlen(self._keys.request_stream(model))

@@ -30,6 +30,18 @@ local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[2])
 return {id, depth}
 """
 
+# Append a reply chunk unless the whole request was cancelled (nobody reads it,
+# and the stream was deleted), and keep the stream's TTL.
+# KEYS[1] reply stream, KEYS[2] cancel flags; ARGV[1] payload, ARGV[2] TTL in seconds
+PUBLISH_SCRIPT = """
+if redis.call('SISMEMBER', KEYS[2], '*') == 1 then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'p', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -57,6 +57,12 @@ class ReplyStream:
         """Tell the worker to stop one sequence (or all) at its next step."""
         await raise_cancel_flag(self._redis, self._keys, self._request_id, key_ttl_s=self._key_ttl_s, index=index)
 
+    async def end(self, *, cancel: bool) -> None:
+        """The request is over for its reader: raise its cancel flag when it was left unfinished, drop the stream."""
+        if cancel:
+            await self.cancel()
+        await self.delete()
+
     async def delete(self) -> None:
         """Drop the reply stream once the request is over (its TTL covers a crash before this)."""
         try:

@@ -31,15 +31,11 @@ class PendingSetting:
     default_port: int
 
 
-# Set by the manifests ahead of the code: they arrive with the observability
-# work (the model worker's health server, every process's Prometheus
-# endpoint). Until then no settings class defines them; once one does, the
-# entry is stale, test_pending_settings_are_not_stale fails, and it must be
-# deleted so that the real setting (and its default port) is checked instead.
-PENDING_SETTINGS = {
-    "PIPESERVE_WORKER_HEALTH_LISTEN": PendingSetting(frozenset({"model-worker"}), 50053),
-    "PIPESERVE_METRICS_PORT": PendingSetting(frozenset(SETTINGS_MODULES), 9090),
-}
+# Variables a manifest may set ahead of the code that reads them (none now).
+# No settings class defines them yet; once one does, the entry is stale,
+# test_pending_settings_are_not_stale fails, and it must be deleted so that
+# the real setting (and its default port) is checked instead.
+PENDING_SETTINGS: dict[str, PendingSetting] = {}
 
 
 @cache

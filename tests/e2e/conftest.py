@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
+from polling import consecutive_free_ports
 
+from pipeserve.cli.stack import free_port
 from pipeserve.local_models import TINY_LLAMA
 from pipeserve.queue.keys import Keys
 from pipeserve.v1 import generation_pb2, generation_pb2_grpc, models_pb2_grpc
@@ -37,12 +38,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunningStack:
     gateway: str
@@ -50,6 +45,10 @@ class RunningStack:
     keys: Keys
     process: subprocess.Popen
     log_path: Path
+    metrics: dict[str, str] = field(default_factory=dict)
+    """Child name (gateway, tokenizer, model-worker-1, ...) -> its /metrics address; empty when off."""
+    worker_health: dict[str, str] = field(default_factory=dict)
+    """model-worker-N -> its grpc.health.v1 address."""
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.gateway)
@@ -61,7 +60,17 @@ class RunningStack:
         return self.log_path.read_text(errors="replace")
 
 
-def start_stack(models_file: Path, redis_url: str, workdir: Path, *, workers: int = 1, env: dict | None = None):
+def start_stack(
+    models_file: Path,
+    redis_url: str,
+    workdir: Path,
+    *,
+    workers: int = 1,
+    tokenizers: int = 1,
+    env: dict | None = None,
+    metrics: bool = False,
+):
+    """``metrics``: every process serves Prometheus metrics, on consecutive free ports (RunningStack.metrics)."""
     prefix = f"pipeserve-e2e-{uuid.uuid4().hex[:8]}"
     ready_file = workdir / "ready.json"
     log_path = workdir / "stack.log"
@@ -72,9 +81,12 @@ def start_stack(models_file: Path, redis_url: str, workdir: Path, *, workers: in
         "--gateway-listen", gateway,
         "--tokenizer-listen", f"127.0.0.1:{free_port()}",
         "--model-workers", str(workers),
+        "--tokenizers", str(tokenizers),
         "--redis-url", redis_url,
         "--ready-file", str(ready_file),
     ]  # fmt: skip
+    if metrics:
+        command += ["--metrics-port-base", str(consecutive_free_ports(2 + workers))]
     child_env = {**os.environ, "PIPESERVE_KEY_PREFIX": prefix, **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT)
@@ -87,7 +99,9 @@ def start_stack(models_file: Path, redis_url: str, workdir: Path, *, workers: in
             raise RuntimeError(f"serve-all not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
         time.sleep(0.1)
     info = json.loads(ready_file.read_text())
-    return RunningStack(info["gateway"], redis_url, Keys(prefix), process, log_path)
+    return RunningStack(
+        info["gateway"], redis_url, Keys(prefix), process, log_path, info["metrics"], info["worker_health"]
+    )
 
 
 def stop_stack(process: subprocess.Popen) -> int:
@@ -102,8 +116,8 @@ def stop_stack(process: subprocess.Popen) -> int:
 
 @pytest.fixture(scope="session")
 def stack(models_file, redis_url, tmp_path_factory) -> Iterator[RunningStack]:
-    """gateway + tokenizer service + one model worker serving tiny-llama."""
-    running = start_stack(models_file, redis_url, tmp_path_factory.mktemp("stack"))
+    """gateway + tokenizer service + one model worker serving tiny-llama, every one serving metrics."""
+    running = start_stack(models_file, redis_url, tmp_path_factory.mktemp("stack"), metrics=True)
     yield running
     assert stop_stack(running.process) == 0, f"serve-all did not shut down cleanly:\n{running.logs()}"
 

@@ -33,7 +33,7 @@ def test_node_client_streams_generation(stack, generation, reference, models_api
     from pipeserve.v1 import models_pb2
 
     prompt_ids = list(models_api.Tokenize(models_pb2.TokenizeRequest(model=TINY_LLAMA, prompt=prompt)).token_ids)
-    model, tokenizer = reference
+    _model, tokenizer = reference
     expected = greedy_reference(reference, prompt_ids, 24, ignore_eos=False)
     assert token_ids == expected
     assert "".join(m["text"] for m in messages) == tokenizer.decode(expected, skip_special_tokens=True)

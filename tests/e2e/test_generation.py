@@ -66,7 +66,9 @@ def test_greedy_parity_with_generate_under_concurrency(generation, models_api, r
 
     def run(args):
         prompt, n = args
-        return collect(generation.GenerateStream(stream_request(prompt=prompt, max_new_tokens=n, ignore_eos=True), timeout=120))
+        return collect(
+            generation.GenerateStream(stream_request(prompt=prompt, max_new_tokens=n, ignore_eos=True), timeout=120)
+        )
 
     with ThreadPoolExecutor(len(prompts)) as pool:
         results = list(pool.map(run, zip(prompts, lengths)))
@@ -79,7 +81,11 @@ def test_request_joining_busy_batch_gets_first_token_before_others_finish(genera
     long_done = []
 
     def long_request():
-        collect(generation.GenerateStream(stream_request(prompt="def long():", max_new_tokens=400, ignore_eos=True), timeout=120))
+        collect(
+            generation.GenerateStream(
+                stream_request(prompt="def long():", max_new_tokens=400, ignore_eos=True), timeout=120
+            )
+        )
         long_done.append(time.monotonic())
 
     runners = [threading.Thread(target=long_request) for _ in range(3)]
@@ -87,7 +93,9 @@ def test_request_joining_busy_batch_gets_first_token_before_others_finish(genera
         runner.start()
     time.sleep(0.5)  # let the long requests start decoding; the assertion below does not depend on it
     first_token_at = None
-    for response in generation.GenerateStream(stream_request(prompt="x = ", max_new_tokens=4, ignore_eos=True), timeout=60):
+    for response in generation.GenerateStream(
+        stream_request(prompt="x = ", max_new_tokens=4, ignore_eos=True), timeout=60
+    ):
         if response.token_ids and first_token_at is None:
             first_token_at = time.monotonic()
     for runner in runners:
@@ -105,13 +113,17 @@ def test_stop_string_cuts_text_and_reports_stop(generation, models_api, referenc
     assert len(stop) == 3 and stop.strip(), f"unusable stop candidate from {full_text!r}"
     expected = full_text[: full_text.index(stop)]
 
-    stopped = generation.Generate(unary_request(prompt=prompt, max_new_tokens=60, ignore_eos=True, stop=[stop]), timeout=60)
+    stopped = generation.Generate(
+        unary_request(prompt=prompt, max_new_tokens=60, ignore_eos=True, stop=[stop]), timeout=60
+    )
     assert stopped.completions[0].text == expected
     assert stopped.completions[0].finish_reason == FINISH.FINISH_REASON_STOP
     assert stopped.usage.completion_tokens < 60
 
     texts, _ids, finish, _usage = collect(
-        generation.GenerateStream(stream_request(prompt=prompt, max_new_tokens=60, ignore_eos=True, stop=[stop]), timeout=60)
+        generation.GenerateStream(
+            stream_request(prompt=prompt, max_new_tokens=60, ignore_eos=True, stop=[stop]), timeout=60
+        )
     )
     assert texts[0] == expected and finish[0] == FINISH.FINISH_REASON_STOP
 
@@ -121,7 +133,9 @@ def test_multibyte_text_streams_without_replacement_characters(generation, model
     for prompt in ["你好，世界！今天天气", "emoji 🙂 😀 🚀 🎉", "東京は日本の首都です。"]:
         deltas = []
         ids = []
-        for response in generation.GenerateStream(stream_request(prompt=prompt, max_new_tokens=48, ignore_eos=True), timeout=60):
+        for response in generation.GenerateStream(
+            stream_request(prompt=prompt, max_new_tokens=48, ignore_eos=True), timeout=60
+        ):
             deltas.append(response.text)
             ids.extend(response.token_ids)
         prompt_ids = tokenize(models_api, prompt)
@@ -143,7 +157,9 @@ def test_chat_messages_use_the_chat_template(generation, models_api, reference):
 
     response = generation.Generate(
         generation_pb2.GenerateRequest(
-            model=TINY_LLAMA, chat=chat, parameters=generation_pb2.GenerationParameters(max_new_tokens=20, ignore_eos=True)
+            model=TINY_LLAMA,
+            chat=chat,
+            parameters=generation_pb2.GenerationParameters(max_new_tokens=20, ignore_eos=True),
         ),
         timeout=60,
     )
@@ -155,14 +171,27 @@ def test_eos_finishes_with_eos_reason(generation, reference):
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos]
     # Force an early EOS by declaring the first generated token to be end-of-sequence.
-    first = generation.Generate(unary_request(prompt="def f():", max_new_tokens=1), timeout=60).completions[0].token_ids[0]
-    response = generation.Generate(unary_request(prompt="def f():", max_new_tokens=30, eos_token_id=[first]), timeout=60)
+    first = (
+        generation.Generate(unary_request(prompt="def f():", max_new_tokens=1), timeout=60).completions[0].token_ids[0]
+    )
+    response = generation.Generate(
+        unary_request(prompt="def f():", max_new_tokens=30, eos_token_id=[first]), timeout=60
+    )
     assert response.completions[0].finish_reason == FINISH.FINISH_REASON_EOS
     assert list(response.completions[0].token_ids) == [first], "the EOS token is part of the output, as in generate"
 
 
 def test_sampling_with_seed_is_reproducible_and_returns_n_sequences(generation):
-    params = dict(max_new_tokens=16, do_sample=True, temperature=0.9, top_k=50, top_p=0.9, seed=1234, num_return_sequences=3, ignore_eos=True)
+    params = dict(
+        max_new_tokens=16,
+        do_sample=True,
+        temperature=0.9,
+        top_k=50,
+        top_p=0.9,
+        seed=1234,
+        num_return_sequences=3,
+        ignore_eos=True,
+    )
     first = generation.Generate(unary_request(**params), timeout=60)
     second = generation.Generate(unary_request(**params), timeout=60)
     assert [c.index for c in first.completions] == [0, 1, 2]
@@ -175,7 +204,9 @@ def test_sampling_with_seed_is_reproducible_and_returns_n_sequences(generation):
 def test_return_full_text_prepends_prompt(generation):
     prompt = "def main():"
     plain = generation.Generate(unary_request(prompt=prompt, max_new_tokens=8, ignore_eos=True), timeout=60)
-    full = generation.Generate(unary_request(prompt=prompt, max_new_tokens=8, ignore_eos=True, return_full_text=True), timeout=60)
+    full = generation.Generate(
+        unary_request(prompt=prompt, max_new_tokens=8, ignore_eos=True, return_full_text=True), timeout=60
+    )
     assert full.completions[0].text == prompt + plain.completions[0].text
 
 
@@ -188,7 +219,9 @@ def test_list_models(models_api):
 def test_client_cancel_frees_the_slot(stack, generation):
     """A cancelled stream's work item is acknowledged long before max_new_tokens would be reached."""
     client = stack.redis()
-    call = generation.GenerateStream(stream_request(prompt="def spin():", max_new_tokens=2000, ignore_eos=True), timeout=120)
+    call = generation.GenerateStream(
+        stream_request(prompt="def spin():", max_new_tokens=2000, ignore_eos=True), timeout=120
+    )
     next(call)  # generation has started
     call.cancel()
     deadline = time.monotonic() + 10
@@ -199,7 +232,11 @@ def test_client_cancel_frees_the_slot(stack, generation):
 
 def test_client_deadline_gives_deadline_exceeded(stack, generation):
     try:
-        collect(generation.GenerateStream(stream_request(prompt="def spin():", max_new_tokens=2000, ignore_eos=True), timeout=1.0))
+        collect(
+            generation.GenerateStream(
+                stream_request(prompt="def spin():", max_new_tokens=2000, ignore_eos=True), timeout=1.0
+            )
+        )
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     else:

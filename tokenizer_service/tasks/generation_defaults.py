@@ -17,6 +17,9 @@ from pipeserve.v1 import generation_pb2
 
 # transformers' defaults for fields a generation_config.json leaves unset (pinned version; see pyproject).
 GLOBAL_DEFAULTS = GenerationConfig._get_default_generation_params()
+# Sampling at a lower temperature is argmax in all but ties (vLLM's _SAMPLING_EPS), and dividing the logits
+# by such a temperature (1e-45 is a valid float32) overflows to inf: such requests decode greedily.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def resolve_sampling(
@@ -42,6 +45,8 @@ def resolve_sampling(
     )
     if params.HasField("seed"):
         sampling.seed = params.seed
+    if sampling.do_sample and sampling.temperature < GREEDY_BELOW_TEMPERATURE:
+        sampling.do_sample = False
     return sampling
 
 

@@ -9,7 +9,7 @@ weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jinja2 import TemplateError
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
@@ -19,6 +19,7 @@ from pipeserve.errors import InvalidArgument
 from pipeserve.internal.v1 import tokenizer_pb2
 from pipeserve.v1 import types_pb2
 from tokenizer_service.detokenizer import DecodeTraits
+from tokenizer_service.tasks import seq2seq
 from tokenizer_service.tasks.generation_defaults import resolve_sampling
 
 TASK = "text-generation"
@@ -38,6 +39,13 @@ class TextGenerationModel:
     # Size of the model's output layer: the ids generation can produce.
     vocab_size: int
     decode_traits: DecodeTraits
+    # Encoder-decoder models (T5, BART) serve the seq2seq tasks instead (tokenizer_service.tasks.seq2seq).
+    is_encoder_decoder: bool = False
+    task_specific_params: dict = field(default_factory=dict)
+    # config.prefix: put before every source text when the task's parameters name no prefix of their own.
+    prefix: str = ""
+    # Most source tokens an encoder-decoder model takes (longer texts are cut); None: no limit.
+    source_length: int | None = None
 
     @classmethod
     def load(cls, spec: ModelSpec) -> TextGenerationModel:
@@ -57,6 +65,10 @@ class TextGenerationModel:
             context_length=_context_length(text_config),
             vocab_size=getattr(text_config, "vocab_size", None) or len(tokenizer),
             decode_traits=DecodeTraits.of(tokenizer),
+            is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
+            task_specific_params=getattr(config, "task_specific_params", None) or {},
+            prefix=getattr(config, "prefix", None) or "",
+            source_length=seq2seq.source_length(tokenizer, config),
         )
 
     @property
@@ -70,6 +82,9 @@ class TextGenerationModel:
         )
 
     def preprocess(self, request: tokenizer_pb2.PreprocessRequest) -> tokenizer_pb2.PreprocessResponse:
+        task = seq2seq.resolve_task(request.task, is_encoder_decoder=self.is_encoder_decoder, model=self.name)
+        if task != TASK:
+            return seq2seq.preprocess_seq2seq(self, request, task)
         token_ids, _text = self._encode_input(request)
         if not token_ids:
             raise InvalidArgument("the prompt gives no tokens; send a non-empty prompt")
@@ -136,8 +151,8 @@ class TextGenerationModel:
 
 
 def _context_length(config) -> int | None:
-    for field in CONTEXT_LENGTH_FIELDS:
-        value = getattr(config, field, None)
+    for name in CONTEXT_LENGTH_FIELDS:
+        value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None

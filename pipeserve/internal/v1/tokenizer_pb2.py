@@ -25,34 +25,39 @@ _sym_db = _symbol_database.Default()
 from pipeserve.internal.v1 import queue_pb2 as pipeserve_dot_internal_dot_v1_dot_queue__pb2
 from pipeserve.v1 import generation_pb2 as pipeserve_dot_v1_dot_generation__pb2
 from pipeserve.v1 import models_pb2 as pipeserve_dot_v1_dot_models__pb2
+from pipeserve.v1 import pipelines_pb2 as pipeserve_dot_v1_dot_pipelines__pb2
 from pipeserve.v1 import types_pb2 as pipeserve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pipeserve/internal/v1/tokenizer.proto\x12\x15pipeserve.internal.v1\x1a!pipeserve/internal/v1/queue.proto\x1a\x1dpipeserve/v1/generation.proto\x1a\x19pipeserve/v1/models.proto\x1a\x18pipeserve/v1/types.proto\"\x99\x01\n\x11PreprocessRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x12.pipeserve.v1.ChatH\x00\x12\x36\n\nparameters\x18\x04 \x01(\x0b\x32\".pipeserve.v1.GenerationParametersB\x07\n\x05input\"\x9d\x01\n\x12PreprocessResponse\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12\x37\n\x08sampling\x18\x02 \x01(\x0b\x32%.pipeserve.internal.v1.SamplingParams\x12\x34\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32$.pipeserve.internal.v1.DecodeOptions\"k\n\rDecodeOptions\x12\x1b\n\x13skip_special_tokens\x18\x01 \x01(\x08\x12\x0c\n\x04stop\x18\x02 \x03(\t\x12\x18\n\x10return_full_text\x18\x03 \x01(\x08\x12\x15\n\rnum_sequences\x18\x04 \x01(\r\"_\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x12.pipeserve.v1.ChatH\x00\x42\x07\n\x05input\"C\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x86\x01\n\x11StreamTextRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x34\n\x06\x64\x65\x63ode\x18\x04 \x01(\x0b\x32$.pipeserve.internal.v1.DecodeOptions\"\x9b\x01\n\x12StreamTextResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.pipeserve.v1.FinishReason\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.pipeserve.v1.Usage\"\x17\n\x15\x44\x65scribeModelsRequest\"A\n\x16\x44\x65scribeModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.pipeserve.v1.ModelInfo2\xa6\x03\n\x10TokenizerService\x12\x61\n\nPreprocess\x12(.pipeserve.internal.v1.PreprocessRequest\x1a).pipeserve.internal.v1.PreprocessResponse\x12[\n\x08Tokenize\x12&.pipeserve.internal.v1.TokenizeRequest\x1a\'.pipeserve.internal.v1.TokenizeResponse\x12\x63\n\nStreamText\x12(.pipeserve.internal.v1.StreamTextRequest\x1a).pipeserve.internal.v1.StreamTextResponse0\x01\x12m\n\x0e\x44\x65scribeModels\x12,.pipeserve.internal.v1.DescribeModelsRequest\x1a-.pipeserve.internal.v1.DescribeModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pipeserve/internal/v1/tokenizer.proto\x12\x15pipeserve.internal.v1\x1a!pipeserve/internal/v1/queue.proto\x1a\x1dpipeserve/v1/generation.proto\x1a\x19pipeserve/v1/models.proto\x1a\x1cpipeserve/v1/pipelines.proto\x1a\x18pipeserve/v1/types.proto\"\xcb\x01\n\x11PreprocessRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x12.pipeserve.v1.ChatH\x00\x12\x36\n\nparameters\x18\x04 \x01(\x0b\x32\".pipeserve.v1.GenerationParameters\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x10\n\x08src_lang\x18\x06 \x01(\t\x12\x10\n\x08tgt_lang\x18\x07 \x01(\tB\x07\n\x05input\"\x9d\x01\n\x12PreprocessResponse\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12\x37\n\x08sampling\x18\x02 \x01(\x0b\x32%.pipeserve.internal.v1.SamplingParams\x12\x34\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32$.pipeserve.internal.v1.DecodeOptions\"k\n\rDecodeOptions\x12\x1b\n\x13skip_special_tokens\x18\x01 \x01(\x08\x12\x0c\n\x04stop\x18\x02 \x03(\t\x12\x18\n\x10return_full_text\x18\x03 \x01(\x08\x12\x15\n\rnum_sequences\x18\x04 \x01(\r\"_\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x12.pipeserve.v1.ChatH\x00\x42\x07\n\x05input\"C\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xa5\x01\n\x11StreamTextRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x34\n\x06\x64\x65\x63ode\x18\x04 \x01(\x0b\x32$.pipeserve.internal.v1.DecodeOptions\x12\x1d\n\x15resume_after_messages\x18\x05 \x01(\x04\"\x9b\x01\n\x12StreamTextResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.pipeserve.v1.FinishReason\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.pipeserve.v1.Usage\"\x17\n\x15\x44\x65scribeModelsRequest\"A\n\x16\x44\x65scribeModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.pipeserve.v1.ModelInfo\"b\n\x0eRunTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12.\n\x07request\x18\x03 \x01(\x0b\x32\x1d.pipeserve.v1.PipelineRequest\"C\n\x0fRunTaskResponse\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1e.pipeserve.v1.PipelineResponse2\x80\x04\n\x10TokenizerService\x12\x61\n\nPreprocess\x12(.pipeserve.internal.v1.PreprocessRequest\x1a).pipeserve.internal.v1.PreprocessResponse\x12[\n\x08Tokenize\x12&.pipeserve.internal.v1.TokenizeRequest\x1a\'.pipeserve.internal.v1.TokenizeResponse\x12\x63\n\nStreamText\x12(.pipeserve.internal.v1.StreamTextRequest\x1a).pipeserve.internal.v1.StreamTextResponse0\x01\x12m\n\x0e\x44\x65scribeModels\x12,.pipeserve.internal.v1.DescribeModelsRequest\x1a-.pipeserve.internal.v1.DescribeModelsResponse\x12X\n\x07RunTask\x12%.pipeserve.internal.v1.RunTaskRequest\x1a&.pipeserve.internal.v1.RunTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipeserve.internal.v1.tokenizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREPROCESSREQUEST']._serialized_start=184
-  _globals['_PREPROCESSREQUEST']._serialized_end=337
-  _globals['_PREPROCESSRESPONSE']._serialized_start=340
-  _globals['_PREPROCESSRESPONSE']._serialized_end=497
-  _globals['_DECODEOPTIONS']._serialized_start=499
-  _globals['_DECODEOPTIONS']._serialized_end=606
-  _globals['_TOKENIZEREQUEST']._serialized_start=608
-  _globals['_TOKENIZEREQUEST']._serialized_end=703
-  _globals['_TOKENIZERESPONSE']._serialized_start=705
-  _globals['_TOKENIZERESPONSE']._serialized_end=772
-  _globals['_STREAMTEXTREQUEST']._serialized_start=775
-  _globals['_STREAMTEXTREQUEST']._serialized_end=909
-  _globals['_STREAMTEXTRESPONSE']._serialized_start=912
-  _globals['_STREAMTEXTRESPONSE']._serialized_end=1067
-  _globals['_DESCRIBEMODELSREQUEST']._serialized_start=1069
-  _globals['_DESCRIBEMODELSREQUEST']._serialized_end=1092
-  _globals['_DESCRIBEMODELSRESPONSE']._serialized_start=1094
-  _globals['_DESCRIBEMODELSRESPONSE']._serialized_end=1159
-  _globals['_TOKENIZERSERVICE']._serialized_start=1162
-  _globals['_TOKENIZERSERVICE']._serialized_end=1584
+  _globals['_PREPROCESSREQUEST']._serialized_start=214
+  _globals['_PREPROCESSREQUEST']._serialized_end=417
+  _globals['_PREPROCESSRESPONSE']._serialized_start=420
+  _globals['_PREPROCESSRESPONSE']._serialized_end=577
+  _globals['_DECODEOPTIONS']._serialized_start=579
+  _globals['_DECODEOPTIONS']._serialized_end=686
+  _globals['_TOKENIZEREQUEST']._serialized_start=688
+  _globals['_TOKENIZEREQUEST']._serialized_end=783
+  _globals['_TOKENIZERESPONSE']._serialized_start=785
+  _globals['_TOKENIZERESPONSE']._serialized_end=852
+  _globals['_STREAMTEXTREQUEST']._serialized_start=855
+  _globals['_STREAMTEXTREQUEST']._serialized_end=1020
+  _globals['_STREAMTEXTRESPONSE']._serialized_start=1023
+  _globals['_STREAMTEXTRESPONSE']._serialized_end=1178
+  _globals['_DESCRIBEMODELSREQUEST']._serialized_start=1180
+  _globals['_DESCRIBEMODELSREQUEST']._serialized_end=1203
+  _globals['_DESCRIBEMODELSRESPONSE']._serialized_start=1205
+  _globals['_DESCRIBEMODELSRESPONSE']._serialized_end=1270
+  _globals['_RUNTASKREQUEST']._serialized_start=1272
+  _globals['_RUNTASKREQUEST']._serialized_end=1370
+  _globals['_RUNTASKRESPONSE']._serialized_start=1372
+  _globals['_RUNTASKRESPONSE']._serialized_end=1439
+  _globals['_TOKENIZERSERVICE']._serialized_start=1442
+  _globals['_TOKENIZERSERVICE']._serialized_end=1954
 # @@protoc_insertion_point(module_scope)

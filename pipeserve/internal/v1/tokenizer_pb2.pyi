@@ -1,6 +1,7 @@
 from pipeserve.internal.v1 import queue_pb2 as _queue_pb2
 from pipeserve.v1 import generation_pb2 as _generation_pb2
 from pipeserve.v1 import models_pb2 as _models_pb2
+from pipeserve.v1 import pipelines_pb2 as _pipelines_pb2
 from pipeserve.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -11,16 +12,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PreprocessRequest(_message.Message):
-    __slots__ = ("model", "prompt", "chat", "parameters")
+    __slots__ = ("model", "prompt", "chat", "parameters", "task", "src_lang", "tgt_lang")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SRC_LANG_FIELD_NUMBER: _ClassVar[int]
+    TGT_LANG_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     chat: _types_pb2.Chat
     parameters: _generation_pb2.GenerationParameters
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[_types_pb2.Chat, _Mapping]] = ..., parameters: _Optional[_Union[_generation_pb2.GenerationParameters, _Mapping]] = ...) -> None: ...
+    task: str
+    src_lang: str
+    tgt_lang: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[_types_pb2.Chat, _Mapping]] = ..., parameters: _Optional[_Union[_generation_pb2.GenerationParameters, _Mapping]] = ..., task: _Optional[str] = ..., src_lang: _Optional[str] = ..., tgt_lang: _Optional[str] = ...) -> None: ...
 
 class PreprocessResponse(_message.Message):
     __slots__ = ("prompt_token_ids", "sampling", "decode")
@@ -65,16 +72,18 @@ class TokenizeResponse(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class StreamTextRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_token_ids", "decode")
+    __slots__ = ("request_id", "model", "prompt_token_ids", "decode", "resume_after_messages")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     decode: DecodeOptions
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., decode: _Optional[_Union[DecodeOptions, _Mapping]] = ...) -> None: ...
+    resume_after_messages: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., decode: _Optional[_Union[DecodeOptions, _Mapping]] = ..., resume_after_messages: _Optional[int] = ...) -> None: ...
 
 class StreamTextResponse(_message.Message):
     __slots__ = ("index", "text", "token_ids", "finish_reason", "usage")
@@ -99,3 +108,19 @@ class DescribeModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_models_pb2.ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[_models_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class RunTaskRequest(_message.Message):
+    __slots__ = ("request_id", "task", "request")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    task: str
+    request: _pipelines_pb2.PipelineRequest
+    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., request: _Optional[_Union[_pipelines_pb2.PipelineRequest, _Mapping]] = ...) -> None: ...
+
+class RunTaskResponse(_message.Message):
+    __slots__ = ("response",)
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    response: _pipelines_pb2.PipelineResponse
+    def __init__(self, response: _Optional[_Union[_pipelines_pb2.PipelineResponse, _Mapping]] = ...) -> None: ...

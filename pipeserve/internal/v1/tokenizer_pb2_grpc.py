@@ -55,6 +55,11 @@ class TokenizerServiceStub:
                 request_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsRequest.SerializeToString,
                 response_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsResponse.FromString,
                 _registered_method=True)
+        self.RunTask = channel.unary_unary(
+                '/pipeserve.internal.v1.TokenizerService/RunTask',
+                request_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.RunTaskRequest.SerializeToString,
+                response_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.RunTaskResponse.FromString,
+                _registered_method=True)
 
 
 class TokenizerServiceServicer:
@@ -80,7 +85,9 @@ class TokenizerServiceServicer:
         """Reads a request's reply stream from Redis, detokenizes incrementally,
         applies stop strings (raising the cancel flag when one is hit) and
         streams text. Errors published by the worker end the call with their
-        status code.
+        status code. A call the caller cancels, or that loses Redis, leaves the
+        request running and its reply stream in place, so that another call
+        (on any tokenizer) can resume it with resume_after_messages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,6 +95,17 @@ class TokenizerServiceServicer:
 
     def DescribeModels(self, request, context):
         """What the tokenizer side knows of every served model (for ListModels).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunTask(self, request, context):
+        """Runs one forward-only pipeline request: preprocess, enqueue one work
+        item on the model's stream, wait for its outputs on the reply stream,
+        postprocess. Pre/post state (offsets, word ids, span maps) never leaves
+        this process. The call's deadline is the request's; a call cancelled by
+        its caller cancels the work item. Idempotent: safe to retry elsewhere.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +133,11 @@ def add_TokenizerServiceServicer_to_server(servicer, server):
                     servicer.DescribeModels,
                     request_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsRequest.FromString,
                     response_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsResponse.SerializeToString,
+            ),
+            'RunTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTask,
+                    request_deserializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.RunTaskRequest.FromString,
+                    response_serializer=pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.RunTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +249,33 @@ class TokenizerService:
             '/pipeserve.internal.v1.TokenizerService/DescribeModels',
             pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsRequest.SerializeToString,
             pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.DescribeModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pipeserve.internal.v1.TokenizerService/RunTask',
+            pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.RunTaskRequest.SerializeToString,
+            pipeserve_dot_internal_dot_v1_dot_tokenizer__pb2.RunTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

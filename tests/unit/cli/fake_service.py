@@ -7,7 +7,8 @@ file. Behaviour for a test comes from the environment:
 
 - FAKE_DIR=DIR (required): every service writes DIR/<role>-<pid>.json with
   the environment it got, appends "<role>" to DIR/stopped when SIGTERM
-  arrives, and exits with code N as soon as a file DIR/exit-<role> holds N.
+  arrives, and exits with code N as soon as a file DIR/exit-<role> holds N
+  (removing it, so that a restarted one runs on).
 - FAKE_NEVER_READY=ROLE: that role never becomes ready.
 - FAKE_IGNORE_SIGTERM=ROLE: that role ignores SIGTERM and starts a grandchild
   (which must go with its process group); its pid is in DIR/grandchild.
@@ -32,6 +33,8 @@ ENV_RECORDED = [
     "PIPESERVE_GATEWAY_LISTEN",
     "PIPESERVE_SHUTDOWN_GRACE_S",
     "PIPESERVE_DRAIN_TIMEOUT_S",
+    "PIPESERVE_METRICS_PORT",
+    "PIPESERVE_WORKER_HEALTH_LISTEN",
     "FAKE_EXTRA",
 ]
 
@@ -88,7 +91,9 @@ def main(role: str) -> int:
         if ready and beat:
             beat()
         time.sleep(0.1)
-    return int(exit_file.read_text())
+    code = int(exit_file.read_text())
+    exit_file.unlink(missing_ok=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -145,3 +145,17 @@ def test_quickstart_chat_streams_through_the_generate_client(capsys):
     assert out == "Hello\n" and "asking tiny: hi there" in err and "finish: length" in err
     request = fake.requests[-1]
     assert request.chat.messages[0].content == "hi there" and request.parameters.max_new_tokens == 16
+
+
+def test_build_models_builds_the_named_models_and_refuses_unknown_ones(monkeypatch, capsys, tmp_path):
+    built = []
+
+    def fake_build(root: Path, names=None, *, force=False, progress=print):
+        built.append(names)
+        return root / "models.yaml"
+
+    monkeypatch.setattr("pipeserve.local_models.build_models", fake_build)
+    assert main(["build-models", "tiny-bert-ner", "tiny-bert-mlm", "--out", str(tmp_path)]) == 0
+    assert built == [["tiny-bert-ner", "tiny-bert-mlm"]]
+    assert main(["build-models", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'nope'; buildable: tiny-llama" in capsys.readouterr().err

@@ -76,7 +76,9 @@ def test_ready_line_ready_file_and_clean_stop(serve_all, fake_services, fake_mod
     )
     assert match, line + (tmp_path / "stderr").read_text()
     info = json.loads(ready_file.read_text())
-    assert info == {"gateway": match[1], "redis_url": match[2], "models": ["tiny"]}
+    worker_health = info.pop("worker_health")
+    assert info == {"gateway": match[1], "redis_url": match[2], "models": ["tiny"], "metrics": {}}
+    assert list(worker_health) == ["model-worker-1"] and worker_health["model-worker-1"].startswith("127.0.0.1:")
     assert len(leftovers(fake_services)) == 5, "serve-all, the embedded Redis wrapper and three services"
 
     process.send_signal(stop_signal)
@@ -91,9 +93,9 @@ def test_ready_line_ready_file_and_clean_stop(serve_all, fake_services, fake_mod
 def test_a_dead_service_stops_the_stack_with_its_name_and_code(serve_all, fake_services, fake_models_file, tmp_path):
     process = serve_all(fake_models_file)
     assert process.stdout.readline().startswith("pipeserve ready:")
-    tell_fake_to_exit(fake_services, "model-worker", 7)
+    tell_fake_to_exit(fake_services, "gateway", 7)
     assert process.wait(timeout=30) == 1
-    assert "error: model-worker-1 exited unexpectedly (exit code 7)" in (tmp_path / "stderr").read_text()
+    assert "error: gateway exited unexpectedly (exit code 7)" in (tmp_path / "stderr").read_text()
     assert not leftovers(fake_services)
 
 

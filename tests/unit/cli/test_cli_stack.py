@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 import redis
-from cli_support import is_running, tell_fake_to_exit
+from cli_support import is_running, tell_fake_to_exit, wait_until
+from polling import consecutive_free_ports
 
 import pipeserve.cli.stack
 from pipeserve.cli.stack import Stack, StackError, connect_address, free_port, redact
@@ -69,11 +71,46 @@ def test_embedded_stack_starts_wires_and_stops_without_leftovers(fake_services, 
 def test_a_service_that_dies_is_named_and_everything_else_stops(fake_services, fake_models_file):
     stack = make_stack(fake_models_file)
     with stack:
-        tell_fake_to_exit(fake_services, "model-worker", 3)
-        with pytest.raises(ChildExited, match=r"model-worker-1 exited unexpectedly \(exit code 3\)"):
+        tell_fake_to_exit(fake_services, "gateway", 3)
+        with pytest.raises(ChildExited, match=r"gateway exited unexpectedly \(exit code 3\)"):
             stack.wait()
         pids = dict(stack.pids)
     assert not any(is_running(pid) for pid in pids.values())
+
+
+def test_a_model_worker_that_dies_is_started_again_while_the_stack_serves(fake_services, fake_models_file):
+    with make_stack(fake_models_file) as stack:
+        first = stack.pids["model-worker-1"]
+
+        def kill_a_worker_then_the_gateway():
+            tell_fake_to_exit(fake_services, "model-worker", 3)
+            wait_until(lambda: stack.pids["model-worker-1"] != first, what="a new model worker")
+            wait_until(lambda: len(list(fake_services.glob("model-worker-*.json"))) == 2, what="it to start")
+            tell_fake_to_exit(fake_services, "gateway", 0)
+
+        # The stack waits on this (its main) thread, so that restarted children live as long as it does.
+        steering = threading.Thread(target=kill_a_worker_then_the_gateway)
+        steering.start()
+        with pytest.raises(ChildExited, match="gateway exited"):
+            stack.wait()
+        steering.join()
+        assert is_running(stack.pids["model-worker-1"]) and not is_running(first)
+
+
+def test_several_tokenizers_are_started_and_all_given_to_the_gateway(fake_services, fake_models_file):
+    port = free_port()
+    with make_stack(fake_models_file, tokenizers=3, tokenizer_listen=f"127.0.0.1:{port}") as stack:
+        assert {"tokenizer", "tokenizer-2", "tokenizer-3"} <= set(stack.pids)
+        envs = [json.loads(path.read_text()) for path in fake_services.glob("tokenizer-*.json")]
+        listens = sorted(env["PIPESERVE_TOKENIZER_LISTEN"] for env in envs)
+        assert len(set(listens)) == 3 and f"127.0.0.1:{port}" in listens
+        target = recorded_envs(fake_services)["gateway"]["PIPESERVE_TOKENIZER_TARGET"]
+        assert target.startswith("ipv4:") and sorted(target.removeprefix("ipv4:").split(",")) == listens
+
+
+def test_several_tokenizers_need_an_ip_address(fake_models_file):
+    with pytest.raises(StackError, match="several tokenizers need an IP address"):
+        make_stack(fake_models_file, tokenizers=2, tokenizer_listen="localhost:50052").start()
 
 
 def test_a_service_dying_during_startup_stops_the_stack(fake_services, fake_models_file):
@@ -173,7 +210,57 @@ def test_heartbeats_awaited_for_the_models_workers_serve():
     models = {
         "llama": ModelSpec(name="llama", path="llama"),
         "bert": ModelSpec(name="bert", path="bert", task="text-classification"),
+        "speech": ModelSpec(name="speech", path="speech", task="text-to-audio"),
         "other": ModelSpec(name="other", path="other"),
     }
-    assert models_served_by_workers(models, None) == ["llama", "other"]
+    assert models_served_by_workers(models, None) == ["llama", "bert", "other"]
     assert models_served_by_workers(models, " other , llama") == ["other", "llama"]
+
+
+def child_envs(record_dir: Path) -> dict[str, list[dict]]:
+    """The recorded environments by role; model workers start together, so theirs come in no set order."""
+    return {
+        role: [json.loads(path.read_text()) for path in record_dir.glob(f"{role}-*.json")]
+        for role in ("gateway", "tokenizer", "model-worker")
+    }
+
+
+def test_metrics_ports_are_off_unless_a_base_is_given_and_workers_get_their_own_health_port(
+    fake_services, fake_models_file
+):
+    stack = make_stack(fake_models_file, model_workers=2, env={"PIPESERVE_METRICS_PORT": "9090"})
+    with stack:
+        envs = child_envs(fake_services)
+        ports = [env["PIPESERVE_METRICS_PORT"] for role_envs in envs.values() for env in role_envs]
+        assert ports == ["0"] * 4, "one port for every child could only collide"
+        health = {env["PIPESERVE_WORKER_HEALTH_LISTEN"] for env in envs["model-worker"]}
+        assert set(stack.worker_health_addresses) == {"model-worker-1", "model-worker-2"}
+        assert set(stack.worker_health_addresses.values()) == health and len(health) == 2
+        assert stack.metrics_addresses == {}
+
+
+def test_a_metrics_port_base_gives_each_child_the_next_port(fake_services, fake_models_file):
+    base = consecutive_free_ports(4)
+    with make_stack(fake_models_file, model_workers=2, metrics_port_base=base) as stack:
+        envs = child_envs(fake_services)
+        ports = {
+            role: sorted(int(env["PIPESERVE_METRICS_PORT"]) for env in role_envs) for role, role_envs in envs.items()
+        }
+        assert ports == {"gateway": [base], "tokenizer": [base + 1], "model-worker": [base + 2, base + 3]}
+        assert stack.metrics_addresses == {
+            "gateway": f"127.0.0.1:{base}",
+            "tokenizer": f"127.0.0.1:{base + 1}",
+            "model-worker-1": f"127.0.0.1:{base + 2}",
+            "model-worker-2": f"127.0.0.1:{base + 3}",
+        }
+
+
+def test_a_taken_metrics_port_is_reported_before_anything_starts(fake_services, fake_models_file):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        stack = make_stack(fake_models_file, metrics_port_base=port - 1)
+        with pytest.raises(StackError, match=f"metrics port {port} for the tokenizer is taken.*--metrics-port-base"):
+            stack.start()
+    assert not stack.pids

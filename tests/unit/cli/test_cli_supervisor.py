@@ -149,3 +149,30 @@ def test_stop_is_idempotent(supervisor):
     supervisor.start(ChildSpec("sleeper", SLEEPER))
     first = supervisor.stop()
     assert supervisor.stop() == first
+
+
+def test_a_restartable_child_is_started_again_after_a_growing_delay(tmp_path):
+    starts = tmp_path / "starts"
+    crasher = [sys.executable, "-c", f"import sys; open({str(starts)!r}, 'a').write('x'); sys.exit(3)"]
+    told = []
+    supervisor = Supervisor(stop_timeout_s=2.0, say=told.append)
+    supervisor.start(ChildSpec("worker", crasher, restart=True))
+    # Not restarted: its exit ends the wait, about halfway between the worker's second and third start.
+    supervisor.start(ChildSpec("gateway", [sys.executable, "-c", "import time; time.sleep(2.2)"]))
+    try:
+        with pytest.raises(ChildExited, match="gateway exited"):
+            supervisor.wait()
+    finally:
+        results = supervisor.stop()
+    assert starts.read_text() == "xx"
+    assert told == [
+        "worker exited (exit code 3); starting it again in 1s",
+        "worker exited (exit code 3); starting it again in 2s",
+    ]
+    assert [result.name for result in results] == ["gateway"], "a child waiting for its restart has nothing to stop"
+
+
+def test_a_restartable_child_dying_during_start_up_fails_it(supervisor):
+    supervisor.start(ChildSpec("worker", [sys.executable, "-c", "import sys; sys.exit(3)"], restart=True))
+    with pytest.raises(ChildExited, match="worker exited"):
+        supervisor.wait_ready([ReadinessCheck("never", "never ready", lambda: False)], 10)

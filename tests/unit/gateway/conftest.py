@@ -26,8 +26,6 @@ async def fake_tokenizer() -> AsyncIterator[tuple[FakeTokenizer, str]]:
     await server.stop(None)
 
 
-
-
 @pytest.fixture
 def served_models_file(tmp_path: Path) -> Path:
     """A models file naming two models; the gateway only reads names and tasks, so no weights are needed."""

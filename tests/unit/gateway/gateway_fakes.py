@@ -15,7 +15,7 @@ from gateway.config import GatewaySettings
 from gateway.server import Gateway
 from pipeserve.internal.v1 import queue_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from pipeserve.queue.keys import Keys
-from pipeserve.v1 import generation_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
+from pipeserve.v1 import generation_pb2_grpc, models_pb2, models_pb2_grpc, pipelines_pb2, pipelines_pb2_grpc, types_pb2
 
 MODEL = "tiny-llama"
 OTHER_MODEL = "tiny-classifier"
@@ -41,6 +41,8 @@ class FakeTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             decode=tokenizer_pb2.DecodeOptions(skip_special_tokens=True, stop=["\n\n"], num_sequences=1),
         )
         self.preprocess_error: tuple[grpc.StatusCode, str] | None = None
+        # Preprocess answers UNAVAILABLE this many times first (a tokenizer that died).
+        self.preprocess_unavailable = 0
         self.stream_messages = [
             stream_message(text="Hel", token_ids=[1]),
             stream_message(text="lo", token_ids=[2]),
@@ -52,15 +54,23 @@ class FakeTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             ),
         ]
         self.stream_error: tuple[grpc.StatusCode, str] | None = None
+        # Per StreamText call, in order: break with UNAVAILABLE after this many messages (a tokenizer dying mid-stream).
+        self.stream_breaks: list[int] = []
         # Set to hold StreamText before its messages until the event is set.
         self.stream_release: asyncio.Event | None = None
         # After its messages, the stream waits until the gateway cancels it.
         self.stream_hangs = False
         self.stream_started = asyncio.Event()
         self.stream_cancelled = asyncio.Event()
+        self.run_task_requests: list[tokenizer_pb2.RunTaskRequest] = []
+        # RunTask answers UNAVAILABLE this many times first (a tokenizer that died).
+        self.run_task_unavailable = 0
 
     async def Preprocess(self, request, context):
         self.preprocess_requests.append(request)
+        if self.preprocess_unavailable:
+            self.preprocess_unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
         if self.preprocess_error:
             await context.abort(*self.preprocess_error)
         return self.preprocess_reply
@@ -73,17 +83,34 @@ class FakeTokenizer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def DescribeModels(self, request, context):
         return tokenizer_pb2.DescribeModelsResponse(
             models=[
-                models_pb2.ModelInfo(name=MODEL, task="text-generation", max_context_length=2048, has_chat_template=True),
+                models_pb2.ModelInfo(
+                    name=MODEL, task="text-generation", max_context_length=2048, has_chat_template=True
+                ),
                 models_pb2.ModelInfo(name=OTHER_MODEL, task="text-classification"),
             ]
         )
+
+    async def RunTask(self, request, context):
+        self.run_task_requests.append(request)
+        if self.run_task_unavailable:
+            self.run_task_unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+        output = pipelines_pb2.TextClassificationOutput(
+            results=[pipelines_pb2.TextClassificationResult(labels=[pipelines_pb2.LabelScore(label="POS", score=0.9)])]
+        )
+        response = pipelines_pb2.PipelineResponse(model=request.request.model, task=request.task)
+        response.text_classification.CopyFrom(output)
+        return tokenizer_pb2.RunTaskResponse(response=response)
 
     async def StreamText(self, request, context):
         self.stream_requests.append(request)
         self.stream_started.set()
         if self.stream_release is not None:
             await self.stream_release.wait()
-        for message in self.stream_messages:
+        break_after = self.stream_breaks.pop(0) if self.stream_breaks else None
+        for sent, message in enumerate(self.stream_messages[request.resume_after_messages :]):
+            if sent == break_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "Connection reset by peer")
             yield message
         if self.stream_error:
             await context.abort(*self.stream_error)
@@ -123,3 +150,7 @@ class RunningGateway:
     @property
     def models(self) -> models_pb2_grpc.ModelsServiceStub:
         return models_pb2_grpc.ModelsServiceStub(self.channel)
+
+    @property
+    def pipelines(self) -> pipelines_pb2_grpc.PipelineServiceStub:
+        return pipelines_pb2_grpc.PipelineServiceStub(self.channel)

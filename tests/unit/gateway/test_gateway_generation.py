@@ -9,7 +9,8 @@ import grpc
 import pytest
 from gateway_fakes import MODEL, PROMPT_TOKEN_IDS, eventually, heartbeat, stream_message
 
-from gateway import generation
+from gateway import clients as generation_clients
+from pipeserve.queue import producer
 from pipeserve.queue.protocol import ALL_SEQUENCES, PAYLOAD_FIELD, decode_work_item
 from pipeserve.v1 import generation_pb2, types_pb2
 
@@ -161,10 +162,11 @@ async def test_liveness_check_can_be_disabled(start_gateway, redis, keys):
     assert len(await queued_items(redis, keys)) == 1
 
 
-async def test_client_cancel_raises_the_cancel_flag(gateway, redis, keys):
+async def test_client_cancel_raises_the_cancel_flag_and_drops_the_reply_stream(gateway, redis, keys):
     gateway.tokenizer.stream_hangs = True
     call = gateway.generation.GenerateStream(stream_request(), timeout=30)
     request_id = dict(await call.initial_metadata())["x-request-id"]
+    await redis.xadd(keys.reply_stream(request_id), {"p": b""})  # what the worker published so far
     for _ in gateway.tokenizer.stream_messages:
         await call.read()
 
@@ -175,6 +177,11 @@ async def test_client_cancel_raises_the_cancel_flag(gateway, redis, keys):
 
     await eventually(flag_raised)
     assert 0 < await redis.ttl(keys.cancel(request_id)) <= gateway.settings.key_ttl_s
+
+    async def reply_stream_gone():  # nobody resumes a request its client left
+        return not await redis.exists(keys.reply_stream(request_id))
+
+    await eventually(reply_stream_gone)
     # The gateway also stopped reading from the tokenizer service.
     await asyncio.wait_for(gateway.tokenizer.stream_cancelled.wait(), 5)
 
@@ -287,7 +294,7 @@ async def test_wedged_redis_is_unavailable_without_waiting_for_the_deadline(star
 
     silent = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
-    monkeypatch.setattr(generation, "ENQUEUE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(producer, "ENQUEUE_TIMEOUT_S", 0.3)
     gateway = await start_gateway(redis_url=f"redis://127.0.0.1:{port}/0")
     try:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -319,3 +326,40 @@ async def test_oversize_request_is_refused_by_grpc(start_gateway):
 
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert gateway.tokenizer.preprocess_requests == []
+
+
+async def test_preprocess_meeting_a_dead_tokenizer_is_retried(gateway):
+    gateway.tokenizer.preprocess_unavailable = 2
+
+    response = await gateway.generation.Generate(unary_request(), timeout=10)
+
+    assert response.completions[0].text == "Hello!"
+    assert len(gateway.tokenizer.preprocess_requests) == 3
+
+
+async def test_a_stream_broken_by_a_dying_tokenizer_resumes_without_gap_or_repeat(gateway, redis, keys):
+    gateway.tokenizer.stream_breaks = [1, 0, 1]
+    call = gateway.generation.GenerateStream(stream_request(), timeout=10)
+    request_id = dict(await call.initial_metadata())["x-request-id"]
+
+    messages = [message async for message in call]
+
+    assert "".join(m.text for m in messages) == "Hello!"
+    assert [m.sequence_number for m in messages] == [0, 1, 2]
+    assert [r.resume_after_messages for r in gateway.tokenizer.stream_requests] == [0, 1, 1, 2]
+    assert not await redis.exists(keys.cancel(request_id)), "a resumed request runs on"
+
+
+async def test_a_tokenizer_service_that_stays_down_ends_the_stream_with_unavailable(gateway, redis, keys):
+    gateway.tokenizer.stream_breaks = [1, 0, 0]
+    call = gateway.generation.GenerateStream(stream_request(), timeout=10)
+    request_id = dict(await call.initial_metadata())["x-request-id"]
+
+    first = await call.read()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+
+    assert first.text == "Hel"
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(gateway.tokenizer.stream_requests) == generation_clients.TOKENIZER_ATTEMPTS
+    assert await cancel_flags(redis, keys, request_id) == {ALL_SEQUENCES.encode()}

@@ -140,6 +140,7 @@ def test_a_chat_at_its_limits_passes():
         (request(parameters=params(stop=["abcdef"])), "parameters.stop[0] has 6 characters; at most 5 are accepted"),
         # eos_token_id.
         (request(parameters=params(eos_token_id=[2, -1])), "parameters.eos_token_id[1] is -1; token ids are >= 0"),
+        (request(parameters=params(eos_token_id=[2] * 65)), "parameters.eos_token_id has 65 ids; at most 64"),
     ],
 )
 def test_rule(req, expected):

@@ -1,8 +1,9 @@
 """A fake causal LM for scheduling tests: a fixed, cheap step function that still exercises the KV cache.
 
 It writes each token id (as the key) and its position (as the value) into
-the DynamicCache it is handed, and its next token depends on every cached
-token, its position and the attention mask. So a row whose cache was padded,
+the cache it is handed, and its next token depends on every cached token,
+its position and the attention mask; like real attention, it refuses
+non-finite cache entries even where they are masked. So a row whose cache was padded,
 merged or trimmed wrongly, or fed a wrong position id, produces a different
 sequence than ``reference_next`` computes in plain Python.
 """
@@ -45,6 +46,8 @@ class FakeLM(torch.nn.Module):
         keys, values = past_key_values.update(
             input_ids[:, None, :, None].float(), position_ids[:, None, :, None].float(), 0
         )
+        # Real attention turns a NaN anywhere in what it attends (masked or not) into NaN output.
+        assert keys.isfinite().all() and values.isfinite().all(), "attended cache memory that was never written"
         mask = attention_mask if attention_mask is not None else torch.ones(rows, keys.shape[2], dtype=torch.long)
         assert mask.shape[1] == keys.shape[2], "attention mask and cache disagree on the length"
         assert torch.equal(position_ids[:, -1], mask.sum(-1) - 1), "position ids do not count the unpadded tokens"

@@ -12,15 +12,8 @@ from model_service.engine.continuous import ContinuousBatcher
 from model_service.engine.interface import GenerationRequest, SamplingOptions
 
 MAX_NEW_TOKENS = 16
-PROMPT_LENGTHS = [300, 1, 3, 17, 45, 8, 120, 64]
 # Step at which each prompt arrives: two at once, others while the batch is decoding.
 ARRIVALS = [0, 0, 2, 3, 3, 7, 11, 16]
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny_llama) -> list[list[int]]:
-    rng = random.Random(0)
-    return [[rng.randrange(3, tiny_llama.input_vocab_size) for _ in range(n)] for n in PROMPT_LENGTHS]
 
 
 def generate_alone(model, prompt: list[int], max_new_tokens: int, **options) -> list[int]:
@@ -64,9 +57,7 @@ def test_greedy_output_equals_generate_alone_with_joins_and_early_leavers(tiny_l
     # Different lengths, so rows leave at different steps while others are still joining.
     limits = [MAX_NEW_TOKENS - 5 * (i % 3) for i in range(len(prompts))]
     requests = [
-        GenerationRequest(
-            str(i), prompt, SamplingOptions(max_new_tokens=limit, repetition_penalty=repetition_penalty)
-        )
+        GenerationRequest(str(i), prompt, SamplingOptions(max_new_tokens=limit, repetition_penalty=repetition_penalty))
         for i, (prompt, limit) in enumerate(zip(prompts, limits))
     ]
     got = run_staggered(engine_for(tiny_llama), requests, ARRIVALS)
@@ -103,3 +94,28 @@ def test_seeded_sampling_does_not_depend_on_the_rest_of_the_batch(tiny_llama, pr
     assert crowded["seeded", 0] == alone["seeded", 0]
     assert crowded["seeded", 1] == alone["seeded", 1]
     assert len(alone["seeded", 0]) == 10
+
+
+def test_a_burst_of_similar_prompts_is_prefilled_in_one_forward_and_still_equals_generate(tiny_llama, monkeypatch):
+    rng = random.Random(1)
+    lengths = [40, 44, 38, 41, 43, 39]
+    burst = [[rng.randrange(3, tiny_llama.input_vocab_size) for _ in range(n)] for n in lengths]
+    requests = [
+        GenerationRequest(str(i), p, SamplingOptions(max_new_tokens=MAX_NEW_TOKENS)) for i, p in enumerate(burst)
+    ]
+    engine = engine_for(tiny_llama)
+    for request in requests:
+        engine.add(request)
+    forward = tiny_llama.model.forward
+    calls = []
+    monkeypatch.setattr(tiny_llama.model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    tokens = defaultdict(list)
+    for event in engine.step():
+        tokens[event.request_id].extend(event.token_ids)
+    assert len(calls) == 1, "the burst's prompts, all within 25 % of each other's length, share one prefill forward"
+    monkeypatch.undo()
+    while engine.has_work:
+        for event in engine.step():
+            tokens[event.request_id].extend(event.token_ids)
+    for i, prompt in enumerate(burst):
+        assert tokens[str(i)] == generate_alone(tiny_llama.model, prompt, MAX_NEW_TOKENS, do_sample=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
+import torch
 from model_fakes import VOCAB, FakeLM, reference_continuation
 
 from model_service.engine.continuous import ContinuousBatcher
@@ -14,15 +16,19 @@ from model_service.engine.interface import (
     SamplingOptions,
     SequenceUpdate,
 )
+from pipeserve.errors import InvalidArgument
 
 
-def batcher(model: FakeLM, max_batch_size: int = 8, prefill_tokens_per_step: int = 4096) -> ContinuousBatcher:
+def batcher(
+    model: FakeLM, max_batch_size: int = 8, prefill_tokens_per_step: int = 4096, **options
+) -> ContinuousBatcher:
     return ContinuousBatcher(
         model,
         max_batch_size=max_batch_size,
         prefill_tokens_per_step=prefill_tokens_per_step,
         vocab_size=VOCAB,
         device="cpu",
+        **options,
     )
 
 
@@ -219,3 +225,99 @@ def test_a_failed_prefill_fails_only_that_request():
     assert [e.request_id for e in events if isinstance(e, RequestFailed)] == ["broken"]
     tokens = [t for e in events + run_until_idle(engine) if e.request_id == "running" for t in e.token_ids]
     assert tokens == reference_continuation([1], 6)[1:]
+
+
+def test_joins_and_leaves_write_into_the_cache_instead_of_copying_it_each_time():
+    """Forty requests through eight rows: the whole cache is copied only a few times, not at every join or leave."""
+    engine = batcher(FakeLM(), max_batch_size=8)
+    prompts = {f"r{i}": [(i * 11 + j) % VOCAB for j in range(1 + (i * 7) % 40)] for i in range(40)}
+    limits = {request_id: 5 + (i * 13) % 30 for i, request_id in enumerate(prompts)}
+    tokens = defaultdict(list)
+    for request_id, prompt in prompts.items():
+        engine.add(request(request_id, prompt, limits[request_id]))
+    for event in run_until_idle(engine):
+        tokens[event.request_id].extend(event.token_ids)
+    for request_id, prompt in prompts.items():
+        assert tokens[request_id] == reference_continuation(prompt, limits[request_id]), request_id
+    assert engine.relocations <= 3
+
+
+def test_cache_memory_never_written_is_never_attended(monkeypatch):
+    """The buffers are allocated uninitialized: fill them with NaN, and any padding left unwritten shows in the output.
+
+    The fake model multiplies masked positions by zero, and NaN * 0 is NaN.
+    """
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, size: torch.full(size, float("nan"), dtype=self.dtype))
+    engine = batcher(FakeLM(), max_batch_size=4)
+    prompts = {f"r{i}": [(i * 3 + j) % VOCAB for j in range(length)] for i, length in enumerate([3, 40, 1, 90, 7, 2])}
+    limits = {"r0": 30, "r1": 4, "r2": 12, "r3": 6, "r4": 20, "r5": 9}
+    arrivals = {0: ["r0"], 1: ["r1"], 3: ["r2", "r3"], 6: ["r4"], 9: ["r5"]}
+    tokens = defaultdict(list)
+    step = 0
+    while step <= max(arrivals) or engine.has_work:
+        for request_id in arrivals.get(step, []):
+            engine.add(request(request_id, prompts[request_id], limits[request_id]))
+        for event in engine.step():
+            tokens[event.request_id].extend(event.token_ids)
+        step += 1
+    for request_id, prompt in prompts.items():
+        assert tokens[request_id] == reference_continuation(prompt, limits[request_id]), request_id
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_keep_decoding():
+    model = FakeLM()
+    engine = batcher(model, prefill_chunk_tokens=16)
+    engine.add(request("running", [1, 2], max_new_tokens=30))
+    engine.step()
+    model.calls.clear()
+    long_prompt = [(7 * i + 3) % VOCAB for i in range(50)]
+    engine.add(request("long", long_prompt, max_new_tokens=6))
+    firsts = []
+    for _ in range(4):
+        events = updates_by_sequence(engine.step())
+        assert len(events["running", 0]) == 1, "the running row gets its token at every step"
+        firsts.append(("long", 0) in events)
+    assert firsts == [False, False, False, True], "16 + 16 + 16 + 2 prompt tokens, one chunk per step"
+    assert model.calls == [("decode", 1), ("prefill", 1)] * 4
+    rest = updates_by_sequence(run_until_idle(engine))
+    long_tokens = [t for e in events["long", 0] + rest["long", 0] for t in e.token_ids]
+    assert long_tokens == reference_continuation(long_prompt, 6)
+
+
+def test_a_request_being_prefilled_in_chunks_can_be_cancelled():
+    model = FakeLM()
+    engine = batcher(model, prefill_chunk_tokens=8)
+    engine.add(request("long", [4] * 40, max_new_tokens=6))
+    engine.step()
+    engine.cancel("long")
+    assert engine.step() == [SequenceUpdate("long", 0, [], FinishReason.CANCELLED)]
+    assert not engine.has_work
+
+
+def test_with_a_kv_budget_requests_wait_until_they_fit_and_all_complete():
+    # Each request needs 10 prompt + 20 new = 30 tokens per row; 70 tokens hold two rows (2 x 30), not three.
+    engine = batcher(FakeLM(), kv_budget_tokens=70)
+    prompts = {f"r{i}": [(i * 5 + j) % VOCAB for j in range(10)] for i in range(5)}
+    assert engine.free_rows == 1, "nothing known yet: one request at a time until its size is"
+    engine.add(request("r0", prompts["r0"], max_new_tokens=20))
+    assert engine.free_rows == 1
+    for request_id in ["r1", "r2", "r3", "r4"]:
+        engine.add(request(request_id, prompts[request_id], max_new_tokens=20))
+    assert engine.free_rows < 0, "the worker must not read more work"
+    tokens = defaultdict(list)
+    while engine.has_work:
+        for event in engine.step():
+            tokens[event.request_id].extend(event.token_ids)
+        assert engine.running_rows <= 2
+        assert engine.cache_tokens <= 70, "the buffers themselves stay within the budget"
+    for request_id, prompt in prompts.items():
+        assert tokens[request_id] == reference_continuation(prompt, 20), request_id
+    assert engine.free_rows == 1
+
+
+def test_a_request_larger_than_the_whole_kv_budget_is_refused():
+    engine = batcher(FakeLM(), kv_budget_tokens=70)
+    with pytest.raises(InvalidArgument, match="KV cache"):
+        engine.add(request("huge", [1] * 60, max_new_tokens=20))
+    with pytest.raises(InvalidArgument, match="KV cache"):
+        engine.add(request("n3", [1] * 10, max_new_tokens=20, do_sample=True, num_return_sequences=3))

@@ -15,6 +15,7 @@ MODELS = {
     "chat": ModelSpec(name="chat", path="/m/chat"),
     "coder": ModelSpec(name="coder", path="/m/coder"),
     "sentiment": ModelSpec(name="sentiment", path="/m/sentiment", task="text-classification"),
+    "speech": ModelSpec(name="speech", path="/m/speech", task="text-to-audio"),
 }
 
 
@@ -30,18 +31,18 @@ def test_environment_names_the_served_models_and_batching(monkeypatch):
     assert [spec.name for spec in settings.served_models(MODELS)] == ["coder", "chat"]
 
 
-def test_by_default_every_text_generation_model_is_served(monkeypatch):
+def test_by_default_every_model_of_a_served_task_is_served(monkeypatch):
     monkeypatch.delenv("PIPESERVE_WORKER_MODELS", raising=False)
     settings = WorkerSettings()
-    assert [spec.name for spec in settings.served_models(MODELS)] == ["chat", "coder"]
+    assert [spec.name for spec in settings.served_models(MODELS)] == ["chat", "coder", "sentiment"]
     assert settings.worker_id.endswith(f"-{os.getpid()}")
 
 
-def test_unknown_or_non_generation_models_are_refused():
-    with pytest.raises(NotFound, match="served models: chat, coder, sentiment"):
+def test_unknown_models_and_tasks_are_refused():
+    with pytest.raises(NotFound, match="served models: chat, coder, sentiment, speech"):
         WorkerSettings(worker_models="nope").served_models(MODELS)
-    with pytest.raises(ValueError, match="has task 'text-classification'"):
-        WorkerSettings(worker_models="sentiment").served_models(MODELS)
+    with pytest.raises(ValueError, match="has task 'text-to-audio'"):
+        WorkerSettings(worker_models="speech").served_models(MODELS)
 
 
 def test_flags_override_the_environment(monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import redis
 import torch
 from model_fakes import FakeLM, reference_continuation
+from worker_settings import worker_settings
 
 from model_service.config import WorkerSettings
 from model_service.engine.continuous import ContinuousBatcher
@@ -24,6 +25,7 @@ from pipeserve.queue.connection import sync_client
 from pipeserve.queue.consumer import WorkConsumer
 from pipeserve.queue.keys import CONSUMER_GROUP, Keys
 from pipeserve.queue.protocol import PAYLOAD_FIELD, decode_reply_chunk, encode, now_ms
+from pipeserve.queue.reclaim import PendingWork
 from pipeserve.v1 import types_pb2
 
 TIMEOUT_S = 30
@@ -112,24 +114,11 @@ def running(lanes: list[ModelLane], settings: WorkerSettings, client: redis.Redi
 
 
 @pytest.fixture
-def client(redis_url, key_prefix) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    keys = list(client.scan_iter(match=f"{key_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
 def settings(redis_url, key_prefix, models_file) -> WorkerSettings:
-    return WorkerSettings(
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        models_file=models_file,
-        worker_id=f"test-worker-{uuid.uuid4().hex[:6]}",
-        flush_tokens=4,
-        flush_interval_ms=60_000,
+    return worker_settings(
+        redis_url,
+        key_prefix,
+        models_file,
         idle_block_ms=50,
         heartbeat_interval_s=0.1,
         drain_timeout_s=20,
@@ -141,6 +130,22 @@ def tiny_worker(tiny_llama, settings, client, redis_url) -> Iterator[RunningWork
     with running([create_lane(tiny_llama, sync_client(redis_url), settings)], settings, client) as worker:
         wait_for(lambda: client.zscore(worker.keys.workers(tiny_llama.name), settings.worker_id), what="a heartbeat")
         yield worker
+
+
+def fake_lane(engine, limits: ModelLimits, settings: WorkerSettings, redis_url: str) -> ModelLane:
+    """A lane around any engine, wired to the queue the way create_lane wires a loaded model's."""
+    client, keys = sync_client(redis_url), Keys(settings.key_prefix)
+    consumer = WorkConsumer(client, keys, limits.model, settings.worker_id, key_ttl_s=settings.key_ttl_s)
+    pending = PendingWork(
+        client,
+        keys,
+        limits.model,
+        settings.worker_id,
+        key_ttl_s=settings.key_ttl_s,
+        claim_idle_ms=settings.claim_idle_ms,
+        max_deliveries=settings.max_deliveries,
+    )
+    return ModelLane(consumer, pending, engine, limits, settings)
 
 
 def generate_alone(loaded, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -193,10 +198,22 @@ def test_a_cancel_flag_stops_a_long_request(tiny_worker, tiny_llama):
     request_id = tiny_worker.submit(tiny_llama.name, [9, 8, 7], max_new_tokens=1500, ignore_eos=True)
     wait_for(lambda: tiny_worker.chunks(request_id), what="the first chunk")
     tiny_worker.redis.sadd(tiny_worker.keys.cancel(request_id), "*")
-    chunks = tiny_worker.reply(request_id)
-    assert chunks[-1].deltas[-1].finish_reason == types_pb2.FINISH_REASON_CANCELLED
-    assert len(tokens_of(chunks)) < 1500
     wait_for(lambda: tiny_worker.queue_empty(tiny_llama.name), what="the cancelled entry to be acknowledged")
+    chunks = tiny_worker.chunks(request_id)
+    assert len(tokens_of(chunks)) < 1500
+    assert not any(d.finish_reason for c in chunks for d in c.deltas), "nobody reads a cancelled request's end"
+    assert not tiny_worker.redis.exists(tiny_worker.keys.cancel(request_id)), "the flag goes with the request"
+
+
+def test_a_request_its_client_left_gets_no_reply_stream_back(tiny_worker, tiny_llama):
+    """The gateway raises the flag, then deletes the reply stream: no chunk may bring the stream back."""
+    request_id = tiny_worker.submit(tiny_llama.name, [9, 8, 7], max_new_tokens=1500, ignore_eos=True)
+    wait_for(lambda: tiny_worker.chunks(request_id), what="the first chunk")
+    tiny_worker.redis.sadd(tiny_worker.keys.cancel(request_id), "*")
+    tiny_worker.redis.delete(tiny_worker.keys.reply_stream(request_id))
+    wait_for(lambda: tiny_worker.queue_empty(tiny_llama.name), what="the cancelled entry to be acknowledged")
+    assert not tiny_worker.redis.exists(tiny_worker.keys.reply_stream(request_id))
+    assert not tiny_worker.redis.exists(tiny_worker.keys.cancel(request_id))
 
 
 def test_a_request_whose_deadline_passes_while_generating_is_stopped(tiny_worker, tiny_llama):
@@ -204,9 +221,8 @@ def test_a_request_whose_deadline_passes_while_generating_is_stopped(tiny_worker
     request_id = tiny_worker.submit(
         tiny_llama.name, [9, 8, 7], max_new_tokens=1500, ignore_eos=True, deadline_unix_ms=deadline
     )
-    chunks = tiny_worker.reply(request_id)
-    assert chunks[-1].deltas[-1].finish_reason == types_pb2.FINISH_REASON_CANCELLED
-    assert len(tokens_of(chunks)) < 1500
+    wait_for(lambda: tiny_worker.queue_empty(tiny_llama.name), what="the expired request to be stopped")
+    assert len(tokens_of(tiny_worker.chunks(request_id))) < 1500
 
 
 def test_sampled_sequences_arrive_with_their_indexes(tiny_worker, tiny_llama):
@@ -245,10 +261,7 @@ def test_one_process_serves_several_models(tiny_llama, settings, client, redis_u
 def test_a_failing_forward_pass_gives_internal_and_the_worker_keeps_serving(settings, client, redis_url):
     model = FakeLM()
     engine = ContinuousBatcher(model, max_batch_size=4, prefill_tokens_per_step=1024, vocab_size=97, device="cpu")
-    consumer = WorkConsumer(
-        sync_client(redis_url), Keys(settings.key_prefix), "fake", settings.worker_id, key_ttl_s=settings.key_ttl_s
-    )
-    lane = ModelLane(consumer, engine, ModelLimits("fake", 97, None, 4), settings)
+    lane = fake_lane(engine, ModelLimits("fake", 97, None, 4), settings, redis_url)
     with running([lane], settings, client) as worker:
         model.fail_on = "prefill"
         broken = worker.submit("fake", [1, 2])
@@ -263,8 +276,7 @@ def test_a_failing_forward_pass_gives_internal_and_the_worker_keeps_serving(sett
 def test_warm_up_refuses_a_model_the_engine_cannot_run(settings, redis_url):
     model = FakeLM()
     engine = ContinuousBatcher(model, max_batch_size=4, prefill_tokens_per_step=1024, vocab_size=97, device="cpu")
-    consumer = WorkConsumer(sync_client(redis_url), Keys(settings.key_prefix), "fake", "w", key_ttl_s=60)
-    lane = ModelLane(consumer, engine, ModelLimits("fake", 97, None, 4), settings)
+    lane = fake_lane(engine, ModelLimits("fake", 97, None, 4), settings, redis_url)
     lane.warm_up()
     model.fail_on = "prefill"
     with pytest.raises(ModelLoadError, match="model 'fake' loaded but cannot generate with engine 'padded-kv'"):

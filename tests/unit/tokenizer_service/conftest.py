@@ -18,13 +18,14 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-
 # Plain text only: CJK and emoji stay outside the sentencepiece alphabet, so they take the byte-fallback path.
 TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog. Isn't it? I'm sure you're right, we've seen it!",
     "Streaming text , token by token ; don't split characters . What's next ? She's here .",
     "Hello world, hello tokenizer. Numbers 12345 and 67890 appear too: a + b = c.",
 ] * 40
+
+
 # Text the property tests draw from: multi-byte characters of every UTF-8 length, and cleanup patterns.
 def train_llama_style_tokenizer() -> PreTrainedTokenizerFast:
     raw = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))

@@ -294,16 +294,16 @@ def test_concurrent_preprocessing_and_decoding_share_one_tokenizer(tiny_llama):
     assert decoded[:16] == prompts
 
 
-def test_registry_serves_text_generation_models_only(tiny_llama_dir):
+def test_registry_serves_text_generation_only_to_text_generation_models(tiny_llama_dir):
     specs = {
         TINY_LLAMA: ModelSpec(name=TINY_LLAMA, path=str(tiny_llama_dir)),
-        "masker": ModelSpec(name="masker", path="/nonexistent", task="fill-mask"),
+        "speaker": ModelSpec(name="speaker", path="/nonexistent", task="text-to-audio"),
     }
     registry = ModelRegistry.load(specs)
     assert registry.text_generation(TINY_LLAMA).context_length == CONTEXT
     with pytest.raises(InvalidArgument) as wrong_task:
-        registry.text_generation("masker")
-    assert "fill-mask" in wrong_task.value.message
+        registry.text_generation("speaker")
+    assert "text-to-audio" in wrong_task.value.message
     with pytest.raises(NotFound) as unknown:
         registry.text_generation("nope")
     assert "nope" in unknown.value.message and TINY_LLAMA in unknown.value.message

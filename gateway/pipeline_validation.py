@@ -1,0 +1,86 @@
+"""Checks of a PipelineRequest's envelope before any downstream call: model, task, input, sizes.
+
+The task is resolved here (alias, or the model's own task when the request
+names none) and must be one the model can run; what needs the model's
+tokenizer (a mask token in a fill-mask text, token counts) is checked by the
+tokenizer service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.validation import RequestLimits, validate_model
+from pipeserve.config import ModelSpec
+from pipeserve.errors import InvalidArgument
+from pipeserve.tasks import FORWARD_TASKS, canonical_task, served_tasks
+from pipeserve.v1 import pipelines_pb2
+
+# Input field -> the texts of each item (for counting items and characters).
+_ITEM_TEXTS: dict[str, Callable] = {
+    "text_classification": lambda m: [item.text + item.text_pair for item in m.items],
+    "token_classification": lambda m: list(m.texts),
+    "fill_mask": lambda m: list(m.texts),
+    "zero_shot_classification": lambda m: [*m.sequences, *m.candidate_labels, m.hypothesis_template],
+    "feature_extraction": lambda m: list(m.texts),
+    # A long context becomes several rows (doc_stride windows): counted by the tokenizer service.
+    "question_answering": lambda m: [item.question + item.context for item in m.items],
+}
+
+
+def input_field(task: str) -> str:
+    """The task's field in PipelineRequest's `input` oneof (and PipelineResponse's `output`)."""
+    return task.replace("-", "_")
+
+
+def validate_pipeline_request(
+    request: pipelines_pb2.PipelineRequest, models: dict[str, ModelSpec], limits: RequestLimits
+) -> str:
+    """The canonical task the request runs, or NotFound (model) / InvalidArgument saying what to change."""
+    spec = validate_model(request.model, models)
+    tasks = [task for task in served_tasks(spec.task) if task in FORWARD_TASKS]
+    if request.HasField("task"):
+        task = canonical_task(request.task)
+        if task is None:
+            raise InvalidArgument(
+                f"unknown task {request.task!r}; model {spec.name!r} does: {', '.join(tasks) or spec.task}"
+            )
+    else:
+        task = spec.task
+    if task not in tasks:
+        raise InvalidArgument(
+            f"model {spec.name!r} cannot do {task!r}; its tasks: {', '.join(tasks) or spec.task}"
+            + ("" if tasks else " (served by GenerationService)")
+        )
+    which = request.WhichOneof("input")
+    expected = input_field(task)
+    if which != expected:
+        raise InvalidArgument(f"task {task!r} takes the {expected} input; the request sets {which or 'no input'}")
+    message = getattr(request, which)
+    texts = _ITEM_TEXTS.get(which)
+    if texts is not None:
+        _check_items(which, message, texts(message), limits)
+    return task
+
+
+def _check_items(field: str, message, texts: list[str], limits: RequestLimits) -> None:
+    items = len(texts)
+    if field == "zero_shot_classification":
+        if not message.candidate_labels:
+            raise InvalidArgument("zero_shot_classification.candidate_labels is empty; give at least one label")
+        items = len(message.sequences) * len(message.candidate_labels)
+        if not message.sequences:
+            raise InvalidArgument("zero_shot_classification.sequences is empty; send at least one text")
+    elif not texts:
+        raise InvalidArgument(f"{field} has no items; send at least one text")
+    if items > limits.max_pipeline_rows:
+        raise InvalidArgument(
+            f"{field} asks for {items} model rows (texts, or texts x labels); at most {limits.max_pipeline_rows} "
+            "are accepted per request (PIPESERVE_MAX_PIPELINE_ROWS)"
+        )
+    chars = sum(len(text) for text in texts)
+    if chars > limits.max_prompt_chars:
+        raise InvalidArgument(
+            f"{field} holds {chars} characters of text; at most {limits.max_prompt_chars} are accepted "
+            "(PIPESERVE_MAX_PROMPT_CHARS)"
+        )

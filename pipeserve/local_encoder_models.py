@@ -1,0 +1,95 @@
+"""Small BERT checkpoints for the forward-only pipeline tasks, built locally like local_models' Llama.
+
+Each is a real transformers checkpoint with random weights and the WordPiece
+tokenizer ``local_models.train_wordpiece_tokenizer`` trains (BERT's own
+scheme, so offsets, word ids and ``##`` sub-words behave as with a hub BERT). Weights are drawn wider than
+BERT's default initialisation so that labels are well separated: with
+near-uniform random scores a float rounding difference could reorder them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeserve.tasks import (
+    FEATURE_EXTRACTION,
+    FILL_MASK,
+    QUESTION_ANSWERING,
+    TEXT_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    ZERO_SHOT_CLASSIFICATION,
+)
+
+TINY_BERT_SENTIMENT = "tiny-bert-sentiment"
+TINY_BERT_NER = "tiny-bert-ner"
+TINY_BERT_MLM = "tiny-bert-mlm"
+TINY_BERT_NLI = "tiny-bert-nli"
+TINY_BERT_EMBEDDINGS = "tiny-bert-embeddings"
+TINY_BERT_QA = "tiny-bert-qa"
+
+SENTIMENT_LABELS = ["negative", "neutral", "positive"]
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+NLI_LABELS = ["contradiction", "neutral", "entailment"]
+
+
+def _build(out_dir: Path, model_class: str, *, labels: list[str] | None = None, seed: int = 0) -> Path:
+    import torch
+    import transformers
+    from transformers import BertConfig
+
+    from pipeserve.local_models import train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer()
+    extra = {}
+    if labels is not None:
+        extra = {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    getattr(transformers, model_class)(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_bert_sentiment(out_dir: Path) -> Path:
+    return _build(out_dir, "BertForSequenceClassification", labels=SENTIMENT_LABELS, seed=1)
+
+
+def build_tiny_bert_ner(out_dir: Path) -> Path:
+    return _build(out_dir, "BertForTokenClassification", labels=NER_LABELS, seed=2)
+
+
+def build_tiny_bert_mlm(out_dir: Path) -> Path:
+    return _build(out_dir, "BertForMaskedLM", seed=3)
+
+
+def build_tiny_bert_nli(out_dir: Path) -> Path:
+    return _build(out_dir, "BertForSequenceClassification", labels=NLI_LABELS, seed=4)
+
+
+def build_tiny_bert_embeddings(out_dir: Path) -> Path:
+    return _build(out_dir, "BertModel", seed=5)
+
+
+def build_tiny_bert_qa(out_dir: Path) -> Path:
+    return _build(out_dir, "BertForQuestionAnswering", seed=6)
+
+
+BUILDERS = {
+    TINY_BERT_SENTIMENT: (TEXT_CLASSIFICATION, build_tiny_bert_sentiment),
+    TINY_BERT_NER: (TOKEN_CLASSIFICATION, build_tiny_bert_ner),
+    TINY_BERT_MLM: (FILL_MASK, build_tiny_bert_mlm),
+    TINY_BERT_NLI: (ZERO_SHOT_CLASSIFICATION, build_tiny_bert_nli),
+    TINY_BERT_EMBEDDINGS: (FEATURE_EXTRACTION, build_tiny_bert_embeddings),
+    TINY_BERT_QA: (QUESTION_ANSWERING, build_tiny_bert_qa),
+}
