@@ -41,9 +41,6 @@ class GatewaySettings(EnqueueSettings):
     max_stop_length: int = Field(256, gt=0, description="characters per stop string")
     max_chat_messages: int = Field(512, gt=0, description="messages per chat input")
     max_eos_token_ids: int = Field(64, gt=0, description="eos_token_id entries per request")
-    max_pipeline_rows: int = Field(
-        256, gt=0, description="model rows one PipelineService request may ask for (texts, or texts x labels)"
-    )
     max_prompt_chars: int = Field(
         1_000_000, gt=0, description="characters of a prompt, or of a chat's contents together"
     )

@@ -144,6 +144,12 @@ class EnqueueSettings(CommonSettings):
     tokenizer service (forward-only tasks, which it runs from preprocess to postprocess)."""
 
     max_queue_depth: int = Field(256, gt=0, description="queued requests per model before RESOURCE_EXHAUSTED")
+    max_pipeline_rows: int = Field(
+        256,
+        gt=0,
+        description="model rows one PipelineService request may ask for: the gateway counts texts (or texts x "
+        "labels), the tokenizer service the rows they become (long texts cut into windows count one per window)",
+    )
     worker_liveness_s: float = Field(
         15.0,
         ge=0,

@@ -36,11 +36,12 @@ from tokenizer_service.worker_thread import timed_in_thread
 
 
 class TaskRunner:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, queue: RequestQueue, *, key_ttl_s: int):
+    def __init__(self, redis: aioredis.Redis, keys: Keys, queue: RequestQueue, *, key_ttl_s: int, max_rows: int):
         self._redis = redis
         self._keys = keys
         self._queue = queue
         self._key_ttl_s = key_ttl_s
+        self._max_rows = max_rows
 
     async def run(
         self, handler: ForwardTask, request_id: str, request: pipelines_pb2.PipelineRequest, deadline_unix_ms: int
@@ -52,6 +53,13 @@ class TaskRunner:
             )
         input_msg = getattr(request, handler.input_field)
         prepared = await timed_in_thread("preprocess", handler.preprocess, input_msg)
+        if len(prepared.rows) > self._max_rows:
+            # The gateway counted texts; windows of long texts (stride, doc_stride) are only known here.
+            raise InvalidArgument(
+                f"{handler.input_field} becomes {len(prepared.rows)} model rows (long texts are cut into windows); "
+                f"at most {self._max_rows} are accepted per request (PIPESERVE_MAX_PIPELINE_ROWS): send fewer or "
+                "shorter texts, or a smaller stride"
+            )
         item = queue_pb2.WorkItem(
             request_id=request_id,
             model=request.model,

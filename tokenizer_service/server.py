@@ -82,7 +82,7 @@ def _build_server(
         worker_liveness_s=settings.worker_liveness_s,
         key_ttl_s=settings.key_ttl_s,
     )
-    tasks = TaskRunner(redis, keys, queue, key_ttl_s=settings.key_ttl_s)
+    tasks = TaskRunner(redis, keys, queue, key_ttl_s=settings.key_ttl_s, max_rows=settings.max_pipeline_rows)
     servicer = TokenizerServicer(registry, redis, keys, tasks, key_ttl_s=settings.key_ttl_s)
     tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(servicer, server)
     health_servicer = _ServingHealth(("", SERVICE_NAME))

@@ -92,14 +92,16 @@ class TextClassificationItem(_message.Message):
     def __init__(self, text: _Optional[str] = ..., text_pair: _Optional[str] = ...) -> None: ...
 
 class TextClassificationInput(_message.Message):
-    __slots__ = ("items", "top_k", "function_to_apply")
+    __slots__ = ("items", "top_k", "function_to_apply", "truncation")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_TO_APPLY_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[TextClassificationItem]
     top_k: int
     function_to_apply: ClassificationFunction
-    def __init__(self, items: _Optional[_Iterable[_Union[TextClassificationItem, _Mapping]]] = ..., top_k: _Optional[int] = ..., function_to_apply: _Optional[_Union[ClassificationFunction, str]] = ...) -> None: ...
+    truncation: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[TextClassificationItem, _Mapping]]] = ..., top_k: _Optional[int] = ..., function_to_apply: _Optional[_Union[ClassificationFunction, str]] = ..., truncation: _Optional[bool] = ...) -> None: ...
 
 class TextClassificationResult(_message.Message):
     __slots__ = ("labels",)
@@ -120,14 +122,16 @@ class LabelList(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TokenClassificationInput(_message.Message):
-    __slots__ = ("texts", "aggregation_strategy", "ignore_labels")
+    __slots__ = ("texts", "aggregation_strategy", "ignore_labels", "stride")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     IGNORE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     aggregation_strategy: AggregationStrategy
     ignore_labels: LabelList
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., aggregation_strategy: _Optional[_Union[AggregationStrategy, str]] = ..., ignore_labels: _Optional[_Union[LabelList, _Mapping]] = ...) -> None: ...
+    stride: int
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., aggregation_strategy: _Optional[_Union[AggregationStrategy, str]] = ..., ignore_labels: _Optional[_Union[LabelList, _Mapping]] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class Entity(_message.Message):
     __slots__ = ("label", "score", "word", "start", "end", "index")
@@ -224,12 +228,14 @@ class ZeroShotClassificationOutput(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ZeroShotClassificationResult, _Mapping]]] = ...) -> None: ...
 
 class FeatureExtractionInput(_message.Message):
-    __slots__ = ("texts", "normalize")
+    __slots__ = ("texts", "normalize", "truncation")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    truncation: bool
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[bool] = ...) -> None: ...
 
 class FeatureExtractionResult(_message.Message):
     __slots__ = ("token_embeddings", "sentence_embedding")

@@ -109,6 +109,37 @@ def test_token_classification_equals_the_pipeline(pipelines, reference, strategy
         assert_scores([e.score for e in result.entities], [w["score"] for w in want])
 
 
+def test_long_texts_truncated_or_tagged_in_overlapping_windows(pipelines, reference):
+    """truncation and stride: one long text becomes one cut row, or several window rows merged back."""
+    long_text = " ".join(f"John Smith visited Paris on day {i} of the trip." for i in range(70))  # > 512 tokens
+    items = [pb.TextClassificationItem(text=long_text), pb.TextClassificationItem(text="short")]
+    classified = run(
+        pipelines,
+        model=TINY_BERT_SENTIMENT,
+        text_classification=pb.TextClassificationInput(items=items, top_k=0, truncation=True),
+    )
+    expected = reference("text-classification", TINY_BERT_SENTIMENT)([long_text, "short"], top_k=None, truncation=True)
+    for result, want in zip(classified.text_classification.results, expected, strict=True):
+        assert [label.label for label in result.labels] == [w["label"] for w in want]
+        assert_scores([label.score for label in result.labels], [w["score"] for w in want])
+
+    tagged = run(
+        pipelines,
+        model=TINY_BERT_NER,
+        token_classification=pb.TokenClassificationInput(
+            texts=[long_text, TEXTS[2]], aggregation_strategy=pb.AGGREGATION_STRATEGY_SIMPLE, stride=64
+        ),
+    )
+    expected = reference("token-classification", TINY_BERT_NER)(
+        [long_text, TEXTS[2]], aggregation_strategy="simple", stride=64
+    )
+    for result, want in zip(tagged.token_classification.results, expected, strict=True):
+        assert [(e.label, e.start, e.end) for e in result.entities] == [
+            (w["entity_group"], w["start"], w["end"]) for w in want
+        ]
+        assert_scores([e.score for e in result.entities], [w["score"] for w in want])
+
+
 def test_fill_mask_equals_the_pipeline(pipelines, reference):
     texts = ["Hello [MASK] world.", "The [MASK] is [MASK] today, and the rest of this sentence is longer."]
     response = run(pipelines, model=TINY_BERT_MLM, fill_mask=pb.FillMaskInput(texts=texts, top_k=3))

@@ -34,7 +34,7 @@ class FeatureExtraction(TransformersPipelineTask):
         return list(input_msg.texts)
 
     def parameters(self, input_msg: pipelines_pb2.FeatureExtractionInput) -> dict[str, Any]:
-        return {"return_tensors": True}
+        return {"return_tensors": True, "truncation": input_msg.truncation or None}
 
     def model_outputs(self, chunk: dict[str, Any], outputs: RowOutputs) -> BaseModelOutput:
         # The pipeline's postprocess takes the forward's first output by position, as a ModelOutput allows.

@@ -35,6 +35,8 @@ class TextClassification(TransformersPipelineTask):
         parameters: dict[str, Any] = {"top_k": top_k or None}
         if input_msg.function_to_apply:
             parameters["function_to_apply"] = FUNCTIONS[input_msg.function_to_apply]
+        if input_msg.truncation:
+            parameters["truncation"] = True  # a tokenizer argument: the pipeline passes it to preprocess
         return parameters
 
     def to_output(self, input_msg, results: list[list[dict]]) -> pipelines_pb2.TextClassificationOutput:

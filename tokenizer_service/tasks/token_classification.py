@@ -34,6 +34,8 @@ class TokenClassification(TransformersPipelineTask):
         parameters: dict[str, Any] = {"aggregation_strategy": STRATEGIES[input_msg.aggregation_strategy]}
         if input_msg.HasField("ignore_labels"):
             parameters["ignore_labels"] = list(input_msg.ignore_labels.labels)
+        if input_msg.HasField("stride"):
+            parameters["stride"] = input_msg.stride
         return parameters
 
     def to_output(self, input_msg, results: list[list[dict]]) -> pipelines_pb2.TokenClassificationOutput:

@@ -100,6 +100,56 @@ def test_text_classification(models_dir, options, pipeline_kwargs):
         assert_labels(result.labels, want)
 
 
+LONG_TEXT = " ".join(f"John Smith visited Paris on day {i} of the trip." for i in range(70))  # > 512 tokens
+
+
+def test_text_classification_truncation_cuts_long_items_as_the_pipeline_does(models_dir):
+    items = [
+        pb.TextClassificationItem(text=LONG_TEXT),
+        pb.TextClassificationItem(text="short", text_pair=LONG_TEXT),
+        pb.TextClassificationItem(text=TEXTS[0]),
+    ]
+    message = pb.TextClassificationInput(items=items, top_k=0, truncation=True)
+    got = served(models_dir, TINY_BERT_SENTIMENT, "text-classification", message)
+    inputs = [LONG_TEXT, {"text": "short", "text_pair": LONG_TEXT}, TEXTS[0]]
+    expected = reference(models_dir, TINY_BERT_SENTIMENT, "text-classification")(inputs, top_k=None, truncation=True)
+    for result, want in zip(got.results, expected, strict=True):
+        assert_labels(result.labels, want)
+    with pytest.raises(InvalidArgument, match="item 0 has .* tokens, more than model .* takes \\(512\\)"):
+        served(models_dir, TINY_BERT_SENTIMENT, "text-classification", pb.TextClassificationInput(items=items[:1]))
+
+
+@pytest.mark.parametrize(
+    "strategy, name", [(pb.AGGREGATION_STRATEGY_SIMPLE, "simple"), (pb.AGGREGATION_STRATEGY_MAX, "max")]
+)
+def test_token_classification_stride_tags_the_whole_of_a_long_text(models_dir, strategy, name):
+    texts = [LONG_TEXT, TEXTS[2]]
+    message = pb.TokenClassificationInput(texts=texts, aggregation_strategy=strategy, stride=64)
+    handler = _handler(models_dir, TINY_BERT_NER, "token-classification")
+    assert len(handler.preprocess(message).rows) > len(texts)  # the long text runs as several windows
+    got = served(models_dir, TINY_BERT_NER, "token-classification", message)
+    expected = reference(models_dir, TINY_BERT_NER, "token-classification")(texts, aggregation_strategy=name, stride=64)
+    for result, want in zip(got.results, expected, strict=True):
+        assert [(e.label, e.word, e.start, e.end) for e in result.entities] == [
+            (w["entity_group"], w["word"], w["start"], w["end"]) for w in want
+        ]
+        np.testing.assert_allclose([e.score for e in result.entities], [w["score"] for w in want], atol=ATOL)
+    assert max(e.end for e in got.results[0].entities) > len(LONG_TEXT) // 2  # tagged past the first window
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"stride": 64}, "aggregation_strategy"),
+        ({"stride": 512, "aggregation_strategy": pb.AGGREGATION_STRATEGY_SIMPLE}, "must be less than"),
+    ],
+)
+def test_token_classification_bad_stride_is_refused(models_dir, options, message):
+    handler = _handler(models_dir, TINY_BERT_NER, "token-classification")
+    with pytest.raises(InvalidArgument, match=message):
+        handler.preprocess(pb.TokenClassificationInput(texts=[LONG_TEXT], **options))
+
+
 @pytest.mark.parametrize(
     "strategy, name", [(pb.AGGREGATION_STRATEGY_NONE, "none"), (pb.AGGREGATION_STRATEGY_SIMPLE, "simple"),
                        (pb.AGGREGATION_STRATEGY_FIRST, "first"), (pb.AGGREGATION_STRATEGY_AVERAGE, "average"),
@@ -228,6 +278,16 @@ def test_feature_extraction(models_dir, normalize):
         if normalize:
             pooled /= np.linalg.norm(pooled)
         np.testing.assert_allclose(from_tensor(result.sentence_embedding), pooled, atol=ATOL)
+
+
+def test_feature_extraction_truncation_cuts_long_texts_as_the_pipeline_does(models_dir):
+    texts = [LONG_TEXT, TEXTS[1]]
+    message = pb.FeatureExtractionInput(texts=texts, truncation=True)
+    got = served(models_dir, TINY_BERT_EMBEDDINGS, "feature-extraction", message)
+    expected = reference(models_dir, TINY_BERT_EMBEDDINGS, "feature-extraction")(texts, truncation=True)
+    for result, want in zip(got.results, expected, strict=True):
+        np.testing.assert_allclose(from_tensor(result.token_embeddings), np.array(want[0]), atol=ATOL)
+    assert from_tensor(got.results[0].token_embeddings).shape[0] == 512
 
 
 def test_rows_longer_than_the_model_takes_are_refused(models_dir):

@@ -20,11 +20,14 @@ from tokenizer_service.config import TokenizerSettings
 from tokenizer_service.server import create_server
 
 WAIT_S = 10.0
+MAX_ROWS = 3
 
 
 @pytest.fixture
 async def stub(pipeline_models_file, redis, keys) -> AsyncIterator[tokenizer_pb2_grpc.TokenizerServiceStub]:
-    settings = TokenizerSettings(models_file=pipeline_models_file, key_prefix=keys.prefix, key_ttl_s=60)
+    settings = TokenizerSettings(
+        models_file=pipeline_models_file, key_prefix=keys.prefix, key_ttl_s=60, max_pipeline_rows=MAX_ROWS
+    )
     server, port = create_server(settings, "127.0.0.1:0", redis=redis)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -116,3 +119,12 @@ async def test_a_task_the_model_cannot_do_is_refused(stub):
         await stub.RunTask(request, timeout=WAIT_S)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "cannot do 'fill-mask'; its tasks: text-classification, zero-shot-classification" in raised.value.details()
+
+
+async def test_more_rows_than_the_limit_are_refused_before_anything_is_enqueued(stub, redis, keys, live_worker):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.RunTask(run_task(*["x"] * (MAX_ROWS + 1)), timeout=WAIT_S)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"becomes {MAX_ROWS + 1} model rows" in raised.value.details()
+    assert f"at most {MAX_ROWS} are accepted per request (PIPESERVE_MAX_PIPELINE_ROWS)" in raised.value.details()
+    assert not await redis.exists(keys.request_stream(TINY_BERT_SENTIMENT))
