@@ -13,7 +13,7 @@ from collections.abc import Callable
 from gateway.validation import RequestLimits, validate_model
 from pipeserve.config import ModelSpec
 from pipeserve.errors import InvalidArgument
-from pipeserve.tasks import FORWARD_TASKS, canonical_task, served_tasks
+from pipeserve.tasks import FORWARD_TASKS, canonical_task, input_field, served_tasks
 from pipeserve.v1 import pipelines_pb2
 
 # Input field -> the texts of each item (for counting items and characters).
@@ -26,11 +26,6 @@ _ITEM_TEXTS: dict[str, Callable] = {
     # A long context becomes several rows (doc_stride windows): counted by the tokenizer service.
     "question_answering": lambda m: [item.question + item.context for item in m.items],
 }
-
-
-def input_field(task: str) -> str:
-    """The task's field in PipelineRequest's `input` oneof (and PipelineResponse's `output`)."""
-    return task.replace("-", "_")
 
 
 def validate_pipeline_request(

@@ -71,6 +71,11 @@ def canonical_task(name: str) -> str | None:
     return name if name in MODEL_CLASSES else None
 
 
+def input_field(task: str) -> str:
+    """A forward task's field in PipelineRequest's `input` oneof (and PipelineResponse's `output`)."""
+    return task.replace("-", "_")
+
+
 def task_of_architectures(architectures: list[str] | None) -> str | None:
     """The task a checkpoint's head is for (``BertForMaskedLM`` -> fill-mask); None when none matches."""
     for architecture in architectures or ():

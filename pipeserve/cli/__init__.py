@@ -13,11 +13,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeserve.cli.parser import build_parser
+    from pipeserve.cli.parser import parse_args
     from pipeserve.cli.services import SERVICE_MODULES, exec_service
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SERVICE_MODULES:
         exec_service(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     return importlib.import_module(args.handler).run(args)

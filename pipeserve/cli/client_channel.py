@@ -1,6 +1,7 @@
-"""The channel ``pipeserve generate`` dials the gateway with: plaintext or TLS, with or without an API key.
+"""How the client commands (``pipeserve generate``, ``pipeserve pipeline``) call the gateway.
 
-The key travels as ``authorization: Bearer <key>`` metadata on every call.
+The channel is plaintext or TLS, with or without an API key; every failure
+becomes one line on stderr and exit status 1, never a traceback. The key travels as ``authorization: Bearer <key>`` metadata on every call.
 It is added by an interceptor rather than as call credentials because grpc
 sends call credentials only over TLS, and a gateway may require keys while
 TLS ends at a proxy in front of it.
@@ -8,6 +9,10 @@ TLS ends at a proxy in front of it.
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -45,3 +50,61 @@ def open_channel(
     if api_key:
         return grpc.intercept_channel(channel, _ApiKeyMetadata(api_key))
     return channel
+
+
+class ClientError(Exception):
+    """A problem with what was asked, found before any request was sent."""
+
+
+def call_gateway(args: argparse.Namespace, body: Callable[[grpc.Channel], str]) -> int:
+    """Dial the gateway the flags name and run body on the channel; the exit status.
+
+    body's returned line goes to stderr (a summary). A ClientError or a bad
+    flag value, and a gRPC error (with a hint at its usual cause), become one
+    line on stderr and status 1; Ctrl-C is 130.
+    """
+    try:
+        channel = open_channel(
+            args.target,
+            api_key=args.api_key or os.environ.get("PIPESERVE_API_KEY"),
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        with channel:
+            summary = body(channel)
+    except (ClientError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        tls = any(value is not None for value in (args.tls_ca, args.tls_cert, args.tls_key))
+        print(describe_rpc_error(exc, args.target, tls=tls), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more can be written, and Python
+        # must not fail again flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    if summary:
+        print(summary, file=sys.stderr)
+    return 0
+
+
+def describe_rpc_error(error: grpc.RpcError, target: str, tls: bool = False) -> str:
+    """One line for the error, and a hint when the usual cause is on the caller's side (tls: dialled with TLS)."""
+    code = error.code()
+    line = f"error: {code.name}: {error.details()}"
+    details = (error.details() or "").lower()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        line += "\n(pass --api-key, or set PIPESERVE_API_KEY, with a key the gateway's operator gave you)"
+    elif code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details or "handshake" in details or tls):
+        line += (
+            f"\n(is a gateway running at {target}? If so, check TLS: --tls-ca must have signed its certificate, "
+            "and a gateway with mutual TLS wants --tls-cert and --tls-key)"
+        )
+    elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details:
+        line += f"\n(is a gateway running at {target}? start the stack with `pipeserve serve-all`, or pass --target)"
+    return line

@@ -8,7 +8,6 @@ reason, usage and timings go to stderr. A gRPC error becomes one line,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,15 +15,11 @@ from typing import TextIO
 
 import grpc
 
-from pipeserve.cli.client_channel import open_channel
+from pipeserve.cli.client_channel import ClientError, call_gateway
 from pipeserve.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc, types_pb2
 
 LIST_MODELS_TIMEOUT_S = 10.0
 GENERATION_TASK = "text-generation"
-
-
-class ClientError(Exception):
-    """A problem with what was asked, found before any request was sent."""
 
 
 @dataclass
@@ -49,36 +44,15 @@ class Completion:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    def body(channel: grpc.Channel) -> str:
         prompt = read_prompt(args.prompt)
-        channel = open_channel(
-            args.target,
-            api_key=args.api_key or os.environ.get("PIPESERVE_API_KEY"),
-            tls_ca=args.tls_ca,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
+        model = args.model or default_model(channel)
+        completion = complete(
+            channel, build_request(args, model, prompt), stream=not args.no_stream, timeout=args.timeout
         )
-        with channel:
-            model = args.model or default_model(channel)
-            request = build_request(args, model, prompt)
-            completion = complete(channel, request, stream=not args.no_stream, timeout=args.timeout)
-    except (ClientError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        tls = any(value is not None for value in (args.tls_ca, args.tls_cert, args.tls_key))
-        print(describe_rpc_error(exc, args.target, tls=tls), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader went away (`| head`): nothing more can be written, and Python
-        # must not fail again flushing stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    print(completion.summary(), file=sys.stderr)
-    return 0
+        return completion.summary()
+
+    return call_gateway(args, body)
 
 
 def read_prompt(argument: str | None) -> str:
@@ -213,20 +187,3 @@ def _unary(stub, request, timeout, out: TextIO, started: float) -> Completion:
 
 def _finish_reason_name(value: int) -> str:
     return types_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
-
-
-def describe_rpc_error(error: grpc.RpcError, target: str, tls: bool = False) -> str:
-    """One line for the error, and a hint when the usual cause is on the caller's side (tls: dialled with TLS)."""
-    code = error.code()
-    line = f"error: {code.name}: {error.details()}"
-    details = (error.details() or "").lower()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        line += "\n(pass --api-key, or set PIPESERVE_API_KEY, with a key the gateway's operator gave you)"
-    elif code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details or "handshake" in details or tls):
-        line += (
-            f"\n(is a gateway running at {target}? If so, check TLS: --tls-ca must have signed its certificate, "
-            "and a gateway with mutual TLS wants --tls-cert and --tls-key)"
-        )
-    elif code == grpc.StatusCode.UNAVAILABLE and "connect" in details:
-        line += f"\n(is a gateway running at {target}? start the stack with `pipeserve serve-all`, or pass --target)"
-    return line

@@ -24,6 +24,8 @@ first run:   pipeserve quickstart
 by hand:     pipeserve build-models --out models
              pipeserve serve-all --models-file models/models.yaml
              pipeserve generate "def fibonacci(n):" --max-new-tokens 48
+pipelines:   pipeserve build-models tiny-bert-sentiment  (then serve-all as above)
+             pipeserve pipeline tiny-bert-sentiment "I loved it" "terrible"
 """
 
 SERVICE_HELP = {
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_models(commands)
     _add_serve_all(commands)
     _add_generate(commands)
+    _add_pipeline(commands)
     _add_quickstart(commands)
     for command in SERVICE_MODULES:
         # Never parsed: main() hands these straight to the service (see services.py).
@@ -51,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
             add_help=False,
         )
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, parsed; `pipeline` intermixed, so options may sit between its texts (MODEL --task ner TEXT)."""
+    parser = build_parser()
+    if argv and argv[0] == "pipeline":
+        (commands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        return commands.choices["pipeline"].parse_intermixed_args(argv[1:])
+    return parser.parse_args(argv)
 
 
 def _command(commands, name: str, module: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -199,23 +211,9 @@ def _add_generate(commands) -> None:
     )
     parser.add_argument("--system", metavar="TEXT", help="a system message before the user's (implies --chat)")
     parser.add_argument(
-        "--target",
-        default=defaults.GATEWAY_LISTEN,
-        metavar="HOST:PORT",
-        help=f"the gateway (default: {defaults.GATEWAY_LISTEN})",
-    )
-    parser.add_argument(
         "--model", metavar="NAME", help="model name (default: the first text-generation model the gateway lists)"
     )
-    security = parser.add_argument_group("security (a gateway with API keys or TLS)")
-    security.add_argument(
-        "--api-key", metavar="KEY", help="sent as 'authorization: Bearer KEY' (default: $PIPESERVE_API_KEY)"
-    )
-    security.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial over TLS, trusting this CA bundle")
-    security.add_argument(
-        "--tls-cert", type=Path, metavar="PEM", help="client certificate, for a gateway that requires mutual TLS"
-    )
-    security.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    _add_gateway_options(parser)
     options = parser.add_argument_group("generation options (unset: the model's default)")
     options.add_argument("--max-new-tokens", type=int, metavar="N")
     options.add_argument(
@@ -237,6 +235,51 @@ def _add_generate(commands) -> None:
     parser.add_argument(
         "--no-stream", action="store_true", help="use the unary Generate call and print the text when it is complete"
     )
+
+
+def _add_pipeline(commands) -> None:
+    parser = _command(
+        commands,
+        "pipeline",
+        "pipeline",
+        "run a pipeline task (classification, NER, fill-mask, embeddings, QA, ...) on a running gateway",
+        "What `pipeline(task, model=MODEL)(TEXT, ...)` does in a notebook, through the\n"
+        "gateway's PipelineService.Run. The texts fill the task's input items; --options\n"
+        "sets the rest of the task's input message (protos/pipeserve/v1/pipelines.proto)\n"
+        "as JSON, in protobuf's JSON mapping. Prints the result as JSON, one entry per\n"
+        "text, packed tensors as nested lists. On a gRPC error prints\n"
+        "'error: <CODE>: <details>' and exits 1.\n\n"
+        "examples:\n"
+        '  pipeserve pipeline tiny-bert-sentiment "I loved it" "terrible" --options \'{"top_k": 0}\'\n'
+        '  pipeserve pipeline tiny-bert-ner "John lives in Paris" --options \'{"aggregation_strategy": "AGGREGATION_STRATEGY_SIMPLE"}\'\n'
+        '  pipeserve pipeline tiny-bert-nli "The match ended 2-1." --options \'{"candidate_labels": ["sports", "politics"]}\'\n'
+        '  pipeserve pipeline tiny-bert-qa --options \'{"items": [{"question": "Who?", "context": "Guido wrote it."}]}\'\n'
+        "  cat reviews.txt | pipeserve pipeline tiny-bert-sentiment -",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a model the gateway serves, e.g. tiny-bert-sentiment")
+    parser.add_argument(
+        "texts", nargs="*", metavar="TEXT", help='texts to run the task on; "-" reads them from stdin, one per line'
+    )
+    parser.add_argument(
+        "--task", metavar="TASK", help="a task or alias, e.g. sentiment-analysis, ner (default: the model's task)"
+    )
+    parser.add_argument(
+        "--options",
+        metavar="JSON",
+        default="{}",
+        help="the task input's other fields as a JSON object, e.g. '{\"top_k\": 0}' (question-answering: its items)",
+    )
+    _add_gateway_options(parser)
+
+
+def _add_gateway_options(parser: argparse.ArgumentParser) -> None:
+    """Where the gateway is, how to authenticate to it, and the call's deadline (the client commands)."""
+    parser.add_argument(
+        "--target",
+        default=defaults.GATEWAY_LISTEN,
+        metavar="HOST:PORT",
+        help=f"the gateway (default: {defaults.GATEWAY_LISTEN})",
+    )
     parser.add_argument(
         "--timeout",
         type=_positive_float,
@@ -244,6 +287,15 @@ def _add_generate(commands) -> None:
         metavar="SECONDS",
         help="deadline for the whole call (default: 300)",
     )
+    security = parser.add_argument_group("security (a gateway with API keys or TLS)")
+    security.add_argument(
+        "--api-key", metavar="KEY", help="sent as 'authorization: Bearer KEY' (default: $PIPESERVE_API_KEY)"
+    )
+    security.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial over TLS, trusting this CA bundle")
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="client certificate, for a gateway that requires mutual TLS"
+    )
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
 
 
 def _add_quickstart(commands) -> None:

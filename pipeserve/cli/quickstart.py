@@ -55,7 +55,8 @@ def chat_once(stack: Stack, prompt: str, max_new_tokens: int) -> int:
     """Stream one chat completion from the running stack to stdout; 1 if the request failed."""
     import grpc
 
-    from pipeserve.cli.generate import ClientError, complete, default_model, describe_rpc_error
+    from pipeserve.cli.client_channel import ClientError, describe_rpc_error
+    from pipeserve.cli.generate import complete, default_model
     from pipeserve.v1 import generation_pb2, types_pb2
 
     with grpc.insecure_channel(stack.gateway_address) as channel:

@@ -8,9 +8,13 @@ forward on the worker.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -212,6 +216,29 @@ def test_concurrent_clients_get_their_own_answers(pipelines, reference):
     for result, want in zip(results, expected, strict=True):
         assert [label.label for label in result.labels] == [w["label"] for w in want]
         assert_scores([label.score for label in result.labels], [w["score"] for w in want])
+
+
+def test_the_pipeline_command_prints_what_the_pipeline_returns(pipeline_stack, reference):
+    """`pipeserve pipeline` as a user types it, its JSON against transformers.pipeline on the same model."""
+    cli = str(Path(sys.executable).with_name("pipeserve"))
+    completed = subprocess.run(
+        [cli, "pipeline", TINY_BERT_SENTIMENT, TEXTS[0], "--task", "sentiment-analysis", TEXTS[1],
+         "--options", '{"top_k": 0}', "--target", pipeline_stack.gateway],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    expected = reference("text-classification", TINY_BERT_SENTIMENT)(TEXTS[:2], top_k=None)
+    for result, want in zip(json.loads(completed.stdout), expected, strict=True):
+        assert [label["label"] for label in result["labels"]] == [w["label"] for w in want]
+        assert_scores([label["score"] for label in result["labels"]], [w["score"] for w in want])
+
+    completed = subprocess.run(
+        [cli, "pipeline", TINY_BERT_MLM, "no mask", "--target", pipeline_stack.gateway],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("error: INVALID_ARGUMENT: fill-mask item 0: No mask_token")
+    assert "Traceback" not in completed.stderr
 
 
 def test_list_models_names_each_task(channel):

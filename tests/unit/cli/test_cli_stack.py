@@ -110,7 +110,7 @@ def test_several_tokenizers_are_started_and_all_given_to_the_gateway(fake_servic
 
 def test_several_tokenizers_need_an_ip_address(fake_models_file):
     with pytest.raises(StackError, match="several tokenizers need an IP address"):
-        make_stack(fake_models_file, tokenizers=2, tokenizer_listen="localhost:50052").start()
+        make_stack(fake_models_file, tokenizers=2, tokenizer_listen=f"localhost:{free_port()}").start()
 
 
 def test_a_service_dying_during_startup_stops_the_stack(fake_services, fake_models_file):
