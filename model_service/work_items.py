@@ -90,7 +90,9 @@ def _check_sampling(sampling: SamplingOptions, limits: ModelLimits) -> None:
 
 
 # Outputs a forward work item may ask for: the heads' names in transformers' ModelOutput classes.
-FORWARD_OUTPUTS = frozenset({"logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output"})
+FORWARD_OUTPUTS = frozenset(
+    {"logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output", "logits_aggregation"}
+)
 
 
 def forward_request_from_work_item(item: queue_pb2.WorkItem, limits: ModelLimits) -> ForwardRequest:
@@ -106,15 +108,19 @@ def forward_request_from_work_item(item: queue_pb2.WorkItem, limits: ModelLimits
     if not work.output_names or unknown:
         raise InvalidArgument(f"output_names {list(work.output_names)} must be some of {sorted(FORWARD_OUTPUTS)}")
     rows = rows_of(work)
-    names = {name for name in rows[0] if name != POSITIONS}
+    # Per input, the shape of one token's values: () for most, (7,) for TAPAS's token_type_ids.
+    per_token = {name: value.shape[1:] for name, value in rows[0].items() if name != POSITIONS}
     for index, row in enumerate(rows):
         input_ids = row.get("input_ids")
         if input_ids is None or input_ids.ndim != 1 or not len(input_ids):
             raise InvalidArgument(f"row {index} has no input_ids (a non-empty 1-D tensor)")
         length = len(input_ids)
-        if {name for name in row if name != POSITIONS} != names or any(row[name].shape != (length,) for name in names):
+        if {name for name in row if name != POSITIONS} != per_token.keys() or any(
+            row[name].shape != (length, *shape) for name, shape in per_token.items()
+        ):
             raise InvalidArgument(
-                f"row {index}: every row needs the same inputs ({sorted(names)}), one value per token"
+                f"row {index}: every row needs the same inputs ({sorted(per_token)}), each with one value "
+                "(or one equally shaped array) per token"
             )
         if input_ids.min() < 0 or input_ids.max() >= limits.vocab_size:
             raise InvalidArgument(

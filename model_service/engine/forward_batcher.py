@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class ForwardRequest:
     request_id: str
     rows: Sequence[Row]
-    """Model input name -> 1-D int64 array per row, un-padded; optionally POSITIONS."""
+    """Model input name -> int64 array per row ([tokens] or [tokens, ...]), un-padded; optionally POSITIONS."""
     output_names: Sequence[str]
     token_outputs: Sequence[str] = ()
     """Those of output_names with a token axis after the batch axis."""
@@ -56,13 +56,17 @@ class _Waiting:
 
 
 def pad_rows(rows: Sequence[Row], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows to one batch: input_ids with pad_token_id, every other input (masks, types) with 0."""
+    """Right-pad rows to one batch: input_ids with pad_token_id, every other input (masks, types) with 0.
+
+    Only the token axis is padded: an input with more values per token (TAPAS's
+    token_type_ids, [tokens, 7]) keeps its trailing axes, which every row shares.
+    """
     width = max(len(row["input_ids"]) for row in rows)
     names = [name for name in rows[0] if name != POSITIONS]
     batch = {}
     for name in names:
         fill = pad_token_id if name == "input_ids" else 0
-        padded = np.full((len(rows), width), fill, dtype=np.int64)
+        padded = np.full((len(rows), width, *np.shape(rows[0][name])[1:]), fill, dtype=np.int64)
         for index, row in enumerate(rows):
             padded[index, : len(row[name])] = row[name]
         batch[name] = torch.from_numpy(padded)

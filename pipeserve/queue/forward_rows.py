@@ -1,6 +1,7 @@
 """Forward-only work on the queue: model rows in, per-row output tensors back (both sides import this).
 
-Rows are dicts of 1-D integer arrays (input name -> token-level values),
+Rows are dicts of integer arrays with the token axis first (input name ->
+token-level values: [tokens], or [tokens, 7] for TAPAS's token_type_ids),
 plus optionally ``POSITIONS``; outputs are dicts of float arrays. On the
 queue each array is a pipeserve.v1.Tensor (dtype, shape, raw bytes).
 """

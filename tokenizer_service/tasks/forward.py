@@ -23,9 +23,11 @@ How to add a task:
    e.g. token-classification's ``logits``, ``start_logits``, ``end_logits``,
    ``last_hidden_state``: the worker cuts them back to each row's length).
 2. ``preprocess(input_msg)`` returns ``Prepared(rows, state)``: one dict per
-   model row, input name -> 1-D integer array (``input_ids``,
-   ``attention_mask``, ``token_type_ids``, ...), un-padded; the worker pads
-   rows of all batched requests together and un-pads the outputs again.
+   model row, input name -> integer array with the token axis first
+   (``input_ids``, ``attention_mask``, ``token_type_ids``, ...: [tokens], or
+   [tokens, 7] for TAPAS's token types), un-padded; the worker pads rows of
+   all batched requests together along the token axis and un-pads the
+   outputs again.
    Raise ``pipeserve.errors.InvalidArgument`` for input the caller can fix.
    A row may carry ``POSITIONS`` (1-D integer array): its per-token outputs
    then come back at those token positions only (fill-mask needs the mask
@@ -51,7 +53,7 @@ from pipeserve.queue.forward_rows import POSITIONS, Row, RowOutputs
 
 __all__ = ["POSITIONS", "ForwardModel", "ForwardTask", "Prepared", "Row", "RowOutputs"]
 
-# Row: input name -> 1-D integer array (no batch axis, no padding), plus optionally POSITIONS.
+# Row: input name -> integer array, token axis first (no batch axis, no padding), plus optionally POSITIONS.
 # RowOutputs: output name -> float32 array without the batch axis, cut back to the row's own length.
 
 

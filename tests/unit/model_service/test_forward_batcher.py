@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    TapasConfig,
+    TapasForQuestionAnswering,
+)
 
-from model_service.engine.forward_batcher import ForwardBatcher, ForwardDone, ForwardRequest, run_forward
+from model_service.engine.forward_batcher import ForwardBatcher, ForwardDone, ForwardRequest, pad_rows, run_forward
 from model_service.engine.interface import FinishReason, RequestFailed, SequenceUpdate
 from pipeserve.queue.forward_rows import POSITIONS
 
@@ -69,6 +75,40 @@ def test_padded_batch_equals_each_row_alone_and_is_cut_back_per_token(token_mode
     for r, out in zip(rows, seq_out, strict=True):
         assert out["logits"].shape == (5,)
         np.testing.assert_allclose(out["logits"], alone(sequence_model, r).numpy(), atol=1e-5)
+
+
+def test_inputs_with_values_per_token_are_padded_along_the_token_axis_only():
+    rows = [
+        {"input_ids": np.array([5, 6, 7]), "token_type_ids": np.arange(21).reshape(3, 7)},
+        {"input_ids": np.array([8]), "token_type_ids": np.full((1, 7), 9)},
+    ]
+    batch = pad_rows(rows, pad_token_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    types = batch["token_type_ids"].numpy()
+    assert types.shape == (2, 3, 7)
+    np.testing.assert_array_equal(types[0], rows[0]["token_type_ids"])
+    np.testing.assert_array_equal(types[1], [[9] * 7, [0] * 7, [0] * 7])
+
+
+def test_tapas_rows_batched_equal_each_row_alone():
+    """TAPAS's [tokens, 7] token types: per-token logits cut back per row, the aggregation logits per row."""
+    torch.manual_seed(2)
+    config = TapasConfig(**CONFIG, type_vocab_sizes=[3, 6, 6, 2, 6, 6, 10], num_aggregation_labels=4)
+    model = TapasForQuestionAnswering(config).eval()
+    rows = []
+    for seed, length in enumerate([4, 11, 7]):
+        r = row(length, seed)
+        types = np.random.default_rng(seed).integers(0, config.type_vocab_sizes, size=(length, 7))
+        rows.append({**r, "token_type_ids": types})
+    names = ("logits", "logits_aggregation")
+    (outputs,) = run_forward(model, [ForwardRequest("t", rows, names, ("logits",))], pad_token_id=0, device="cpu")
+    for r, out in zip(rows, outputs, strict=True):
+        with torch.inference_mode():
+            want = model(**{name: torch.from_numpy(value)[None] for name, value in r.items()})
+        assert out["logits"].shape == (len(r["input_ids"]),) and out["logits_aggregation"].shape == (4,)
+        np.testing.assert_allclose(out["logits"], want.logits[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(out["logits_aggregation"], want.logits_aggregation[0].numpy(), atol=1e-5)
 
 
 def test_positions_select_per_token_outputs(token_model):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from model_service.work_items import ModelLimits, request_from_work_item
+from model_service.work_items import ModelLimits, forward_request_from_work_item, request_from_work_item
 from pipeserve.errors import InvalidArgument
 from pipeserve.internal.v1 import queue_pb2
+from pipeserve.queue.forward_rows import forward_work
 
 LIMITS = ModelLimits(model="tiny", vocab_size=100, context_length=50, max_sequences=4)
 
@@ -51,3 +53,23 @@ def test_refusals_name_the_field_and_the_limit(work_item, phrase):
     with pytest.raises(InvalidArgument) as refused:
         request_from_work_item(work_item, LIMITS)
     assert phrase in refused.value.message
+
+
+def table_rows(*type_shapes: tuple[int, ...]) -> queue_pb2.WorkItem:
+    """Forward rows of 3 tokens whose token_type_ids have the given shapes (TAPAS's: (3, 7))."""
+    rows = [
+        {"input_ids": np.array([1, 2, 3]), "token_type_ids": np.zeros(shape, dtype=np.int64)} for shape in type_shapes
+    ]
+    return queue_pb2.WorkItem(request_id="t", forward=forward_work(rows, ["logits", "logits_aggregation"], ["logits"]))
+
+
+def test_forward_rows_may_carry_several_values_per_token():
+    request = forward_request_from_work_item(table_rows((3, 7), (3, 7)), LIMITS)
+    assert [row["token_type_ids"].shape for row in request.rows] == [(3, 7), (3, 7)]
+    assert request.output_names == ("logits", "logits_aggregation")
+
+
+@pytest.mark.parametrize("type_shapes", [((3, 7), (3, 6)), ((3, 7), (3,)), ((3, 7), (2, 7))])
+def test_forward_rows_whose_inputs_disagree_in_shape_are_refused(type_shapes):
+    with pytest.raises(InvalidArgument, match="row 1: every row needs the same inputs"):
+        forward_request_from_work_item(table_rows(*type_shapes), LIMITS)
