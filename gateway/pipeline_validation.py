@@ -25,6 +25,12 @@ _ITEM_TEXTS: dict[str, Callable] = {
     "feature_extraction": lambda m: list(m.texts),
     # A long context becomes several rows (doc_stride windows): counted by the tokenizer service.
     "question_answering": lambda m: [item.question + item.context for item in m.items],
+    # One row per query, each with the whole table.
+    "table_question_answering": lambda m: [
+        *m.queries,
+        *(column.header for column in m.columns),
+        *(cell for column in m.columns for cell in column.cells),
+    ],
 }
 
 
@@ -66,6 +72,9 @@ def _check_items(field: str, message, texts: list[str], limits: RequestLimits) -
         items = len(message.sequences) * len(message.candidate_labels)
         if not message.sequences:
             raise InvalidArgument("zero_shot_classification.sequences is empty; send at least one text")
+    elif field == "table_question_answering":
+        _check_table(message)
+        items = len(message.queries)
     elif not texts:
         raise InvalidArgument(f"{field} has no items; send at least one text")
     if items > limits.max_pipeline_rows:
@@ -79,3 +88,27 @@ def _check_items(field: str, message, texts: list[str], limits: RequestLimits) -
             f"{field} holds {chars} characters of text; at most {limits.max_prompt_chars} are accepted "
             "(PIPESERVE_MAX_PROMPT_CHARS)"
         )
+
+
+def _check_table(message: pipelines_pb2.TableQuestionAnsweringInput) -> None:
+    """A table with columns of equal, non-zero height, and at least one query, none empty."""
+    field = "table_question_answering"
+    if not message.columns:
+        raise InvalidArgument(f"{field}.columns is empty; send the table as columns, each a header and its cells")
+    first = message.columns[0]
+    for index, column in enumerate(message.columns):
+        if len(column.cells) != len(first.cells):
+            raise InvalidArgument(
+                f"{field}.columns[{index}] ({column.header!r}) has {len(column.cells)} cells but columns[0] "
+                f'({first.header!r}) has {len(first.cells)}; every column needs one cell per row ("" for an '
+                "empty cell)"
+            )
+    if not first.cells:
+        raise InvalidArgument(
+            f"{field}.columns have no cells, so the table has no rows; give every column one cell per row"
+        )
+    if not message.queries:
+        raise InvalidArgument(f"{field}.queries is empty; ask at least one question about the table")
+    for index, query in enumerate(message.queries):
+        if not query:
+            raise InvalidArgument(f"{field}.queries[{index}] is empty; ask a question or leave it out")

@@ -19,6 +19,7 @@ FILL_MASK = "fill-mask"
 ZERO_SHOT_CLASSIFICATION = "zero-shot-classification"
 FEATURE_EXTRACTION = "feature-extraction"
 QUESTION_ANSWERING = "question-answering"
+TABLE_QUESTION_ANSWERING = "table-question-answering"
 SUMMARIZATION = "summarization"
 TRANSLATION = "translation"
 TEXT2TEXT_GENERATION = "text2text-generation"
@@ -32,6 +33,7 @@ MODEL_CLASSES = {
     FILL_MASK: "AutoModelForMaskedLM",
     FEATURE_EXTRACTION: "AutoModel",
     QUESTION_ANSWERING: "AutoModelForQuestionAnswering",
+    TABLE_QUESTION_ANSWERING: "AutoModelForTableQuestionAnswering",
     SUMMARIZATION: "AutoModelForSeq2SeqLM",
     TRANSLATION: "AutoModelForSeq2SeqLM",
     TEXT2TEXT_GENERATION: "AutoModelForSeq2SeqLM",
@@ -45,6 +47,7 @@ FORWARD_TASKS = frozenset(
         ZERO_SHOT_CLASSIFICATION,
         FEATURE_EXTRACTION,
         QUESTION_ANSWERING,
+        TABLE_QUESTION_ANSWERING,
     }
 )
 
@@ -59,6 +62,8 @@ _ARCHITECTURE_TASKS = (
     ("ForSequenceClassification", TEXT_CLASSIFICATION),
     ("ForTokenClassification", TOKEN_CLASSIFICATION),
     ("ForMaskedLM", FILL_MASK),
+    # TAPAS's head is named like an extractive QA head but answers over tables: matched before it.
+    ("TapasForQuestionAnswering", TABLE_QUESTION_ANSWERING),
     ("ForQuestionAnswering", QUESTION_ANSWERING),
     ("ForConditionalGeneration", TEXT2TEXT_GENERATION),
     ("Model", FEATURE_EXTRACTION),

@@ -92,7 +92,8 @@ def _add_build_models(commands) -> None:
         nargs="*",
         metavar="MODEL",
         help="models to build (default: tiny-llama), e.g. the pipeline tasks' tiny-bert-sentiment, tiny-bert-ner, "
-        "tiny-bert-mlm, tiny-bert-nli, tiny-bert-embeddings, tiny-bert-qa, and tiny-t5 (summarization, translation)",
+        "tiny-bert-mlm, tiny-bert-nli, tiny-bert-embeddings, tiny-bert-qa, tiny-tapas, and tiny-t5 (summarization, "
+        "translation)",
     )
     parser.add_argument("--out", type=Path, default=Path("models"), help="directory to build in (default: models)")
     parser.add_argument("--force", action="store_true", help="rebuild models that are already there")

@@ -23,66 +23,67 @@ _sym_db = _symbol_database.Default()
 
 
 from pipeserve.v1 import question_answering_pb2 as pipeserve_dot_v1_dot_question__answering__pb2
+from pipeserve.v1 import table_question_answering_pb2 as pipeserve_dot_v1_dot_table__question__answering__pb2
 from pipeserve.v1 import types_pb2 as pipeserve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpipeserve/v1/pipelines.proto\x12\x0cpipeserve.v1\x1a%pipeserve/v1/question_answering.proto\x1a\x18pipeserve/v1/types.proto\"\xdc\x03\n\x0fPipelineRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x04task\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x44\n\x13text_classification\x18\n \x01(\x0b\x32%.pipeserve.v1.TextClassificationInputH\x00\x12\x46\n\x14token_classification\x18\x0b \x01(\x0b\x32&.pipeserve.v1.TokenClassificationInputH\x00\x12\x30\n\tfill_mask\x18\x0c \x01(\x0b\x32\x1b.pipeserve.v1.FillMaskInputH\x00\x12M\n\x18zero_shot_classification\x18\r \x01(\x0b\x32).pipeserve.v1.ZeroShotClassificationInputH\x00\x12\x42\n\x12\x66\x65\x61ture_extraction\x18\x0e \x01(\x0b\x32$.pipeserve.v1.FeatureExtractionInputH\x00\x12\x42\n\x12question_answering\x18\x0f \x01(\x0b\x32$.pipeserve.v1.QuestionAnsweringInputH\x00\x42\x07\n\x05inputB\x07\n\x05_task\"\xd6\x03\n\x10PipelineResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x45\n\x13text_classification\x18\n \x01(\x0b\x32&.pipeserve.v1.TextClassificationOutputH\x00\x12G\n\x14token_classification\x18\x0b \x01(\x0b\x32\'.pipeserve.v1.TokenClassificationOutputH\x00\x12\x31\n\tfill_mask\x18\x0c \x01(\x0b\x32\x1c.pipeserve.v1.FillMaskOutputH\x00\x12N\n\x18zero_shot_classification\x18\r \x01(\x0b\x32*.pipeserve.v1.ZeroShotClassificationOutputH\x00\x12\x43\n\x12\x66\x65\x61ture_extraction\x18\x0e \x01(\x0b\x32%.pipeserve.v1.FeatureExtractionOutputH\x00\x12\x43\n\x12question_answering\x18\x0f \x01(\x0b\x32%.pipeserve.v1.QuestionAnsweringOutputH\x00\x42\x08\n\x06output\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"L\n\x16TextClassificationItem\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\ttext_pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_text_pair\"\xc1\x01\n\x17TextClassificationInput\x12\x33\n\x05items\x18\x01 \x03(\x0b\x32$.pipeserve.v1.TextClassificationItem\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12?\n\x11\x66unction_to_apply\x18\x03 \x01(\x0e\x32$.pipeserve.v1.ClassificationFunction\x12\x12\n\ntruncation\x18\x04 \x01(\x08\x42\x08\n\x06_top_k\"D\n\x18TextClassificationResult\x12(\n\x06labels\x18\x01 \x03(\x0b\x32\x18.pipeserve.v1.LabelScore\"S\n\x18TextClassificationOutput\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.pipeserve.v1.TextClassificationResult\"\x1b\n\tLabelList\x12\x0e\n\x06labels\x18\x01 \x03(\t\"\xba\x01\n\x18TokenClassificationInput\x12\r\n\x05texts\x18\x01 \x03(\t\x12?\n\x14\x61ggregation_strategy\x18\x02 \x01(\x0e\x32!.pipeserve.v1.AggregationStrategy\x12.\n\rignore_labels\x18\x03 \x01(\x0b\x32\x17.pipeserve.v1.LabelList\x12\x13\n\x06stride\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_stride\"n\n\x06\x45ntity\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\r\x12\x0b\n\x03\x65nd\x18\x05 \x01(\r\x12\x12\n\x05index\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_index\"C\n\x19TokenClassificationResult\x12&\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x14.pipeserve.v1.Entity\"U\n\x19TokenClassificationOutput\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.pipeserve.v1.TokenClassificationResult\"M\n\rFillMaskInput\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07targets\x18\x03 \x03(\tB\x08\n\x06_top_k\"V\n\x11\x46illMaskCandidate\x12\r\n\x05score\x18\x01 \x01(\x02\x12\r\n\x05token\x18\x02 \x01(\x05\x12\x11\n\ttoken_str\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\t\"F\n\x0fMaskPredictions\x12\x33\n\ncandidates\x18\x01 \x03(\x0b\x32\x1f.pipeserve.v1.FillMaskCandidate\">\n\x0e\x46illMaskResult\x12,\n\x05masks\x18\x01 \x03(\x0b\x32\x1d.pipeserve.v1.MaskPredictions\"?\n\x0e\x46illMaskOutput\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.pipeserve.v1.FillMaskResult\"\x99\x01\n\x1bZeroShotClassificationInput\x12\x11\n\tsequences\x18\x01 \x03(\t\x12\x18\n\x10\x63\x61ndidate_labels\x18\x02 \x03(\t\x12 \n\x13hypothesis_template\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0bmulti_label\x18\x04 \x01(\x08\x42\x16\n\x14_hypothesis_template\"Z\n\x1cZeroShotClassificationResult\x12\x10\n\x08sequence\x18\x01 \x01(\t\x12(\n\x06labels\x18\x02 \x03(\x0b\x32\x18.pipeserve.v1.LabelScore\"[\n\x1cZeroShotClassificationOutput\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.pipeserve.v1.ZeroShotClassificationResult\"N\n\x16\x46\x65\x61tureExtractionInput\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x12\n\ntruncation\x18\x03 \x01(\x08\"{\n\x17\x46\x65\x61tureExtractionResult\x12.\n\x10token_embeddings\x18\x01 \x01(\x0b\x32\x14.pipeserve.v1.Tensor\x12\x30\n\x12sentence_embedding\x18\x02 \x01(\x0b\x32\x14.pipeserve.v1.Tensor\"Q\n\x17\x46\x65\x61tureExtractionOutput\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.pipeserve.v1.FeatureExtractionResult*\xad\x01\n\x16\x43lassificationFunction\x12\'\n#CLASSIFICATION_FUNCTION_UNSPECIFIED\x10\x00\x12#\n\x1f\x43LASSIFICATION_FUNCTION_SIGMOID\x10\x01\x12#\n\x1f\x43LASSIFICATION_FUNCTION_SOFTMAX\x10\x02\x12 \n\x1c\x43LASSIFICATION_FUNCTION_NONE\x10\x03*\xdb\x01\n\x13\x41ggregationStrategy\x12$\n AGGREGATION_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41GGREGATION_STRATEGY_NONE\x10\x01\x12\x1f\n\x1b\x41GGREGATION_STRATEGY_SIMPLE\x10\x02\x12\x1e\n\x1a\x41GGREGATION_STRATEGY_FIRST\x10\x03\x12 \n\x1c\x41GGREGATION_STRATEGY_AVERAGE\x10\x04\x12\x1c\n\x18\x41GGREGATION_STRATEGY_MAX\x10\x05\x32W\n\x0fPipelineService\x12\x44\n\x03Run\x12\x1d.pipeserve.v1.PipelineRequest\x1a\x1e.pipeserve.v1.PipelineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpipeserve/v1/pipelines.proto\x12\x0cpipeserve.v1\x1a%pipeserve/v1/question_answering.proto\x1a+pipeserve/v1/table_question_answering.proto\x1a\x18pipeserve/v1/types.proto\"\xab\x04\n\x0fPipelineRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x04task\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x44\n\x13text_classification\x18\n \x01(\x0b\x32%.pipeserve.v1.TextClassificationInputH\x00\x12\x46\n\x14token_classification\x18\x0b \x01(\x0b\x32&.pipeserve.v1.TokenClassificationInputH\x00\x12\x30\n\tfill_mask\x18\x0c \x01(\x0b\x32\x1b.pipeserve.v1.FillMaskInputH\x00\x12M\n\x18zero_shot_classification\x18\r \x01(\x0b\x32).pipeserve.v1.ZeroShotClassificationInputH\x00\x12\x42\n\x12\x66\x65\x61ture_extraction\x18\x0e \x01(\x0b\x32$.pipeserve.v1.FeatureExtractionInputH\x00\x12\x42\n\x12question_answering\x18\x0f \x01(\x0b\x32$.pipeserve.v1.QuestionAnsweringInputH\x00\x12M\n\x18table_question_answering\x18\x10 \x01(\x0b\x32).pipeserve.v1.TableQuestionAnsweringInputH\x00\x42\x07\n\x05inputB\x07\n\x05_task\"\xa6\x04\n\x10PipelineResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x45\n\x13text_classification\x18\n \x01(\x0b\x32&.pipeserve.v1.TextClassificationOutputH\x00\x12G\n\x14token_classification\x18\x0b \x01(\x0b\x32\'.pipeserve.v1.TokenClassificationOutputH\x00\x12\x31\n\tfill_mask\x18\x0c \x01(\x0b\x32\x1c.pipeserve.v1.FillMaskOutputH\x00\x12N\n\x18zero_shot_classification\x18\r \x01(\x0b\x32*.pipeserve.v1.ZeroShotClassificationOutputH\x00\x12\x43\n\x12\x66\x65\x61ture_extraction\x18\x0e \x01(\x0b\x32%.pipeserve.v1.FeatureExtractionOutputH\x00\x12\x43\n\x12question_answering\x18\x0f \x01(\x0b\x32%.pipeserve.v1.QuestionAnsweringOutputH\x00\x12N\n\x18table_question_answering\x18\x10 \x01(\x0b\x32*.pipeserve.v1.TableQuestionAnsweringOutputH\x00\x42\x08\n\x06output\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"L\n\x16TextClassificationItem\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\ttext_pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_text_pair\"\xc1\x01\n\x17TextClassificationInput\x12\x33\n\x05items\x18\x01 \x03(\x0b\x32$.pipeserve.v1.TextClassificationItem\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12?\n\x11\x66unction_to_apply\x18\x03 \x01(\x0e\x32$.pipeserve.v1.ClassificationFunction\x12\x12\n\ntruncation\x18\x04 \x01(\x08\x42\x08\n\x06_top_k\"D\n\x18TextClassificationResult\x12(\n\x06labels\x18\x01 \x03(\x0b\x32\x18.pipeserve.v1.LabelScore\"S\n\x18TextClassificationOutput\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.pipeserve.v1.TextClassificationResult\"\x1b\n\tLabelList\x12\x0e\n\x06labels\x18\x01 \x03(\t\"\xba\x01\n\x18TokenClassificationInput\x12\r\n\x05texts\x18\x01 \x03(\t\x12?\n\x14\x61ggregation_strategy\x18\x02 \x01(\x0e\x32!.pipeserve.v1.AggregationStrategy\x12.\n\rignore_labels\x18\x03 \x01(\x0b\x32\x17.pipeserve.v1.LabelList\x12\x13\n\x06stride\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_stride\"n\n\x06\x45ntity\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\r\x12\x0b\n\x03\x65nd\x18\x05 \x01(\r\x12\x12\n\x05index\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_index\"C\n\x19TokenClassificationResult\x12&\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x14.pipeserve.v1.Entity\"U\n\x19TokenClassificationOutput\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.pipeserve.v1.TokenClassificationResult\"M\n\rFillMaskInput\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07targets\x18\x03 \x03(\tB\x08\n\x06_top_k\"V\n\x11\x46illMaskCandidate\x12\r\n\x05score\x18\x01 \x01(\x02\x12\r\n\x05token\x18\x02 \x01(\x05\x12\x11\n\ttoken_str\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\t\"F\n\x0fMaskPredictions\x12\x33\n\ncandidates\x18\x01 \x03(\x0b\x32\x1f.pipeserve.v1.FillMaskCandidate\">\n\x0e\x46illMaskResult\x12,\n\x05masks\x18\x01 \x03(\x0b\x32\x1d.pipeserve.v1.MaskPredictions\"?\n\x0e\x46illMaskOutput\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.pipeserve.v1.FillMaskResult\"\x99\x01\n\x1bZeroShotClassificationInput\x12\x11\n\tsequences\x18\x01 \x03(\t\x12\x18\n\x10\x63\x61ndidate_labels\x18\x02 \x03(\t\x12 \n\x13hypothesis_template\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0bmulti_label\x18\x04 \x01(\x08\x42\x16\n\x14_hypothesis_template\"Z\n\x1cZeroShotClassificationResult\x12\x10\n\x08sequence\x18\x01 \x01(\t\x12(\n\x06labels\x18\x02 \x03(\x0b\x32\x18.pipeserve.v1.LabelScore\"[\n\x1cZeroShotClassificationOutput\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.pipeserve.v1.ZeroShotClassificationResult\"N\n\x16\x46\x65\x61tureExtractionInput\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x12\n\ntruncation\x18\x03 \x01(\x08\"{\n\x17\x46\x65\x61tureExtractionResult\x12.\n\x10token_embeddings\x18\x01 \x01(\x0b\x32\x14.pipeserve.v1.Tensor\x12\x30\n\x12sentence_embedding\x18\x02 \x01(\x0b\x32\x14.pipeserve.v1.Tensor\"Q\n\x17\x46\x65\x61tureExtractionOutput\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.pipeserve.v1.FeatureExtractionResult*\xad\x01\n\x16\x43lassificationFunction\x12\'\n#CLASSIFICATION_FUNCTION_UNSPECIFIED\x10\x00\x12#\n\x1f\x43LASSIFICATION_FUNCTION_SIGMOID\x10\x01\x12#\n\x1f\x43LASSIFICATION_FUNCTION_SOFTMAX\x10\x02\x12 \n\x1c\x43LASSIFICATION_FUNCTION_NONE\x10\x03*\xdb\x01\n\x13\x41ggregationStrategy\x12$\n AGGREGATION_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41GGREGATION_STRATEGY_NONE\x10\x01\x12\x1f\n\x1b\x41GGREGATION_STRATEGY_SIMPLE\x10\x02\x12\x1e\n\x1a\x41GGREGATION_STRATEGY_FIRST\x10\x03\x12 \n\x1c\x41GGREGATION_STRATEGY_AVERAGE\x10\x04\x12\x1c\n\x18\x41GGREGATION_STRATEGY_MAX\x10\x05\x32W\n\x0fPipelineService\x12\x44\n\x03Run\x12\x1d.pipeserve.v1.PipelineRequest\x1a\x1e.pipeserve.v1.PipelineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipeserve.v1.pipelines_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFICATIONFUNCTION']._serialized_start=3020
-  _globals['_CLASSIFICATIONFUNCTION']._serialized_end=3193
-  _globals['_AGGREGATIONSTRATEGY']._serialized_start=3196
-  _globals['_AGGREGATIONSTRATEGY']._serialized_end=3415
-  _globals['_PIPELINEREQUEST']._serialized_start=112
-  _globals['_PIPELINEREQUEST']._serialized_end=588
-  _globals['_PIPELINERESPONSE']._serialized_start=591
-  _globals['_PIPELINERESPONSE']._serialized_end=1061
-  _globals['_LABELSCORE']._serialized_start=1063
-  _globals['_LABELSCORE']._serialized_end=1105
-  _globals['_TEXTCLASSIFICATIONITEM']._serialized_start=1107
-  _globals['_TEXTCLASSIFICATIONITEM']._serialized_end=1183
-  _globals['_TEXTCLASSIFICATIONINPUT']._serialized_start=1186
-  _globals['_TEXTCLASSIFICATIONINPUT']._serialized_end=1379
-  _globals['_TEXTCLASSIFICATIONRESULT']._serialized_start=1381
-  _globals['_TEXTCLASSIFICATIONRESULT']._serialized_end=1449
-  _globals['_TEXTCLASSIFICATIONOUTPUT']._serialized_start=1451
-  _globals['_TEXTCLASSIFICATIONOUTPUT']._serialized_end=1534
-  _globals['_LABELLIST']._serialized_start=1536
-  _globals['_LABELLIST']._serialized_end=1563
-  _globals['_TOKENCLASSIFICATIONINPUT']._serialized_start=1566
-  _globals['_TOKENCLASSIFICATIONINPUT']._serialized_end=1752
-  _globals['_ENTITY']._serialized_start=1754
-  _globals['_ENTITY']._serialized_end=1864
-  _globals['_TOKENCLASSIFICATIONRESULT']._serialized_start=1866
-  _globals['_TOKENCLASSIFICATIONRESULT']._serialized_end=1933
-  _globals['_TOKENCLASSIFICATIONOUTPUT']._serialized_start=1935
-  _globals['_TOKENCLASSIFICATIONOUTPUT']._serialized_end=2020
-  _globals['_FILLMASKINPUT']._serialized_start=2022
-  _globals['_FILLMASKINPUT']._serialized_end=2099
-  _globals['_FILLMASKCANDIDATE']._serialized_start=2101
-  _globals['_FILLMASKCANDIDATE']._serialized_end=2187
-  _globals['_MASKPREDICTIONS']._serialized_start=2189
-  _globals['_MASKPREDICTIONS']._serialized_end=2259
-  _globals['_FILLMASKRESULT']._serialized_start=2261
-  _globals['_FILLMASKRESULT']._serialized_end=2323
-  _globals['_FILLMASKOUTPUT']._serialized_start=2325
-  _globals['_FILLMASKOUTPUT']._serialized_end=2388
-  _globals['_ZEROSHOTCLASSIFICATIONINPUT']._serialized_start=2391
-  _globals['_ZEROSHOTCLASSIFICATIONINPUT']._serialized_end=2544
-  _globals['_ZEROSHOTCLASSIFICATIONRESULT']._serialized_start=2546
-  _globals['_ZEROSHOTCLASSIFICATIONRESULT']._serialized_end=2636
-  _globals['_ZEROSHOTCLASSIFICATIONOUTPUT']._serialized_start=2638
-  _globals['_ZEROSHOTCLASSIFICATIONOUTPUT']._serialized_end=2729
-  _globals['_FEATUREEXTRACTIONINPUT']._serialized_start=2731
-  _globals['_FEATUREEXTRACTIONINPUT']._serialized_end=2809
-  _globals['_FEATUREEXTRACTIONRESULT']._serialized_start=2811
-  _globals['_FEATUREEXTRACTIONRESULT']._serialized_end=2934
-  _globals['_FEATUREEXTRACTIONOUTPUT']._serialized_start=2936
-  _globals['_FEATUREEXTRACTIONOUTPUT']._serialized_end=3017
-  _globals['_PIPELINESERVICE']._serialized_start=3417
-  _globals['_PIPELINESERVICE']._serialized_end=3504
+  _globals['_CLASSIFICATIONFUNCTION']._serialized_start=3224
+  _globals['_CLASSIFICATIONFUNCTION']._serialized_end=3397
+  _globals['_AGGREGATIONSTRATEGY']._serialized_start=3400
+  _globals['_AGGREGATIONSTRATEGY']._serialized_end=3619
+  _globals['_PIPELINEREQUEST']._serialized_start=157
+  _globals['_PIPELINEREQUEST']._serialized_end=712
+  _globals['_PIPELINERESPONSE']._serialized_start=715
+  _globals['_PIPELINERESPONSE']._serialized_end=1265
+  _globals['_LABELSCORE']._serialized_start=1267
+  _globals['_LABELSCORE']._serialized_end=1309
+  _globals['_TEXTCLASSIFICATIONITEM']._serialized_start=1311
+  _globals['_TEXTCLASSIFICATIONITEM']._serialized_end=1387
+  _globals['_TEXTCLASSIFICATIONINPUT']._serialized_start=1390
+  _globals['_TEXTCLASSIFICATIONINPUT']._serialized_end=1583
+  _globals['_TEXTCLASSIFICATIONRESULT']._serialized_start=1585
+  _globals['_TEXTCLASSIFICATIONRESULT']._serialized_end=1653
+  _globals['_TEXTCLASSIFICATIONOUTPUT']._serialized_start=1655
+  _globals['_TEXTCLASSIFICATIONOUTPUT']._serialized_end=1738
+  _globals['_LABELLIST']._serialized_start=1740
+  _globals['_LABELLIST']._serialized_end=1767
+  _globals['_TOKENCLASSIFICATIONINPUT']._serialized_start=1770
+  _globals['_TOKENCLASSIFICATIONINPUT']._serialized_end=1956
+  _globals['_ENTITY']._serialized_start=1958
+  _globals['_ENTITY']._serialized_end=2068
+  _globals['_TOKENCLASSIFICATIONRESULT']._serialized_start=2070
+  _globals['_TOKENCLASSIFICATIONRESULT']._serialized_end=2137
+  _globals['_TOKENCLASSIFICATIONOUTPUT']._serialized_start=2139
+  _globals['_TOKENCLASSIFICATIONOUTPUT']._serialized_end=2224
+  _globals['_FILLMASKINPUT']._serialized_start=2226
+  _globals['_FILLMASKINPUT']._serialized_end=2303
+  _globals['_FILLMASKCANDIDATE']._serialized_start=2305
+  _globals['_FILLMASKCANDIDATE']._serialized_end=2391
+  _globals['_MASKPREDICTIONS']._serialized_start=2393
+  _globals['_MASKPREDICTIONS']._serialized_end=2463
+  _globals['_FILLMASKRESULT']._serialized_start=2465
+  _globals['_FILLMASKRESULT']._serialized_end=2527
+  _globals['_FILLMASKOUTPUT']._serialized_start=2529
+  _globals['_FILLMASKOUTPUT']._serialized_end=2592
+  _globals['_ZEROSHOTCLASSIFICATIONINPUT']._serialized_start=2595
+  _globals['_ZEROSHOTCLASSIFICATIONINPUT']._serialized_end=2748
+  _globals['_ZEROSHOTCLASSIFICATIONRESULT']._serialized_start=2750
+  _globals['_ZEROSHOTCLASSIFICATIONRESULT']._serialized_end=2840
+  _globals['_ZEROSHOTCLASSIFICATIONOUTPUT']._serialized_start=2842
+  _globals['_ZEROSHOTCLASSIFICATIONOUTPUT']._serialized_end=2933
+  _globals['_FEATUREEXTRACTIONINPUT']._serialized_start=2935
+  _globals['_FEATUREEXTRACTIONINPUT']._serialized_end=3013
+  _globals['_FEATUREEXTRACTIONRESULT']._serialized_start=3015
+  _globals['_FEATUREEXTRACTIONRESULT']._serialized_end=3138
+  _globals['_FEATUREEXTRACTIONOUTPUT']._serialized_start=3140
+  _globals['_FEATUREEXTRACTIONOUTPUT']._serialized_end=3221
+  _globals['_PIPELINESERVICE']._serialized_start=3621
+  _globals['_PIPELINESERVICE']._serialized_end=3708
 # @@protoc_insertion_point(module_scope)

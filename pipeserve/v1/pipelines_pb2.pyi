@@ -1,4 +1,5 @@
 from pipeserve.v1 import question_answering_pb2 as _question_answering_pb2
+from pipeserve.v1 import table_question_answering_pb2 as _table_question_answering_pb2
 from pipeserve.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -36,7 +37,7 @@ AGGREGATION_STRATEGY_AVERAGE: AggregationStrategy
 AGGREGATION_STRATEGY_MAX: AggregationStrategy
 
 class PipelineRequest(_message.Message):
-    __slots__ = ("model", "task", "text_classification", "token_classification", "fill_mask", "zero_shot_classification", "feature_extraction", "question_answering")
+    __slots__ = ("model", "task", "text_classification", "token_classification", "fill_mask", "zero_shot_classification", "feature_extraction", "question_answering", "table_question_answering")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TEXT_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +46,7 @@ class PipelineRequest(_message.Message):
     ZERO_SHOT_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     FEATURE_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_ANSWERING_FIELD_NUMBER: _ClassVar[int]
+    TABLE_QUESTION_ANSWERING_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: str
     text_classification: TextClassificationInput
@@ -53,10 +55,11 @@ class PipelineRequest(_message.Message):
     zero_shot_classification: ZeroShotClassificationInput
     feature_extraction: FeatureExtractionInput
     question_answering: _question_answering_pb2.QuestionAnsweringInput
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., text_classification: _Optional[_Union[TextClassificationInput, _Mapping]] = ..., token_classification: _Optional[_Union[TokenClassificationInput, _Mapping]] = ..., fill_mask: _Optional[_Union[FillMaskInput, _Mapping]] = ..., zero_shot_classification: _Optional[_Union[ZeroShotClassificationInput, _Mapping]] = ..., feature_extraction: _Optional[_Union[FeatureExtractionInput, _Mapping]] = ..., question_answering: _Optional[_Union[_question_answering_pb2.QuestionAnsweringInput, _Mapping]] = ...) -> None: ...
+    table_question_answering: _table_question_answering_pb2.TableQuestionAnsweringInput
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., text_classification: _Optional[_Union[TextClassificationInput, _Mapping]] = ..., token_classification: _Optional[_Union[TokenClassificationInput, _Mapping]] = ..., fill_mask: _Optional[_Union[FillMaskInput, _Mapping]] = ..., zero_shot_classification: _Optional[_Union[ZeroShotClassificationInput, _Mapping]] = ..., feature_extraction: _Optional[_Union[FeatureExtractionInput, _Mapping]] = ..., question_answering: _Optional[_Union[_question_answering_pb2.QuestionAnsweringInput, _Mapping]] = ..., table_question_answering: _Optional[_Union[_table_question_answering_pb2.TableQuestionAnsweringInput, _Mapping]] = ...) -> None: ...
 
 class PipelineResponse(_message.Message):
-    __slots__ = ("model", "task", "text_classification", "token_classification", "fill_mask", "zero_shot_classification", "feature_extraction", "question_answering")
+    __slots__ = ("model", "task", "text_classification", "token_classification", "fill_mask", "zero_shot_classification", "feature_extraction", "question_answering", "table_question_answering")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TEXT_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +68,7 @@ class PipelineResponse(_message.Message):
     ZERO_SHOT_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     FEATURE_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_ANSWERING_FIELD_NUMBER: _ClassVar[int]
+    TABLE_QUESTION_ANSWERING_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: str
     text_classification: TextClassificationOutput
@@ -73,7 +77,8 @@ class PipelineResponse(_message.Message):
     zero_shot_classification: ZeroShotClassificationOutput
     feature_extraction: FeatureExtractionOutput
     question_answering: _question_answering_pb2.QuestionAnsweringOutput
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., text_classification: _Optional[_Union[TextClassificationOutput, _Mapping]] = ..., token_classification: _Optional[_Union[TokenClassificationOutput, _Mapping]] = ..., fill_mask: _Optional[_Union[FillMaskOutput, _Mapping]] = ..., zero_shot_classification: _Optional[_Union[ZeroShotClassificationOutput, _Mapping]] = ..., feature_extraction: _Optional[_Union[FeatureExtractionOutput, _Mapping]] = ..., question_answering: _Optional[_Union[_question_answering_pb2.QuestionAnsweringOutput, _Mapping]] = ...) -> None: ...
+    table_question_answering: _table_question_answering_pb2.TableQuestionAnsweringOutput
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., text_classification: _Optional[_Union[TextClassificationOutput, _Mapping]] = ..., token_classification: _Optional[_Union[TokenClassificationOutput, _Mapping]] = ..., fill_mask: _Optional[_Union[FillMaskOutput, _Mapping]] = ..., zero_shot_classification: _Optional[_Union[ZeroShotClassificationOutput, _Mapping]] = ..., feature_extraction: _Optional[_Union[FeatureExtractionOutput, _Mapping]] = ..., question_answering: _Optional[_Union[_question_answering_pb2.QuestionAnsweringOutput, _Mapping]] = ..., table_question_answering: _Optional[_Union[_table_question_answering_pb2.TableQuestionAnsweringOutput, _Mapping]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")

@@ -27,6 +27,7 @@ from pipeserve.local_encoder_models import (
     TINY_BERT_NER,
     TINY_BERT_NLI,
     TINY_BERT_SENTIMENT,
+    TINY_TAPAS,
 )
 from pipeserve.tensors import from_tensor
 from pipeserve.v1 import models_pb2, models_pb2_grpc, pipelines_pb2_grpc, types_pb2
@@ -252,6 +253,7 @@ def test_list_models_names_each_task(channel):
             TINY_BERT_MLM: "fill-mask",
             TINY_BERT_NLI: "zero-shot-classification",
             TINY_BERT_EMBEDDINGS: "feature-extraction",
+            TINY_TAPAS: "table-question-answering",
             MINILM: "feature-extraction",
         }.items()
     )

@@ -10,6 +10,7 @@ from tokenizer_service.tasks.feature_extraction import FeatureExtraction
 from tokenizer_service.tasks.fill_mask import FillMask
 from tokenizer_service.tasks.forward import ForwardModel, ForwardTask
 from tokenizer_service.tasks.question_answering import QuestionAnswering
+from tokenizer_service.tasks.table_question_answering import TableQuestionAnswering
 from tokenizer_service.tasks.text_classification import TextClassification
 from tokenizer_service.tasks.token_classification import TokenClassification
 from tokenizer_service.tasks.zero_shot_classification import ZeroShotClassification
@@ -23,6 +24,7 @@ FORWARD_TASKS: dict[str, type[ForwardTask]] = {
         ZeroShotClassification,
         FeatureExtraction,
         QuestionAnswering,
+        TableQuestionAnswering,
     )
 }
 

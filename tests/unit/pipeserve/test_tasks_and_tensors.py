@@ -31,6 +31,7 @@ def test_aliases_and_unknown_tasks():
         ("BertForTokenClassification", "token-classification"),
         ("BertForMaskedLM", "fill-mask"),
         ("BertForQuestionAnswering", "question-answering"),
+        ("TapasForQuestionAnswering", "table-question-answering"),
         ("T5ForConditionalGeneration", "text2text-generation"),
         ("BertModel", "feature-extraction"),
     ],

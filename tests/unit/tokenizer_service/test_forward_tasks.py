@@ -14,6 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
+from table_question_answering_samples import (
+    CITIES,
+    CITY_QUERIES,
+    REPOSITORIES,
+    REPOSITORY_QUERIES,
+    pipeline_answers,
+    served_answers,
+    table_input,
+)
 from transformers import pipeline
 
 from model_service.engine.forward_batcher import ForwardRequest, run_forward
@@ -25,10 +34,12 @@ from pipeserve.local_encoder_models import (
     TINY_BERT_NER,
     TINY_BERT_NLI,
     TINY_BERT_SENTIMENT,
+    TINY_TAPAS,
 )
 from pipeserve.tasks import MODEL_CLASSES
 from pipeserve.tensors import from_tensor
 from pipeserve.v1 import pipelines_pb2 as pb
+from pipeserve.v1 import table_question_answering_pb2 as tqa
 from tokenizer_service.tasks.forward import ForwardModel
 from tokenizer_service.tasks.registry import FORWARD_TASKS, ForwardTasks
 
@@ -288,6 +299,38 @@ def test_feature_extraction_truncation_cuts_long_texts_as_the_pipeline_does(mode
     for result, want in zip(got.results, expected, strict=True):
         np.testing.assert_allclose(from_tensor(result.token_embeddings), np.array(want[0]), atol=ATOL)
     assert from_tensor(got.results[0].token_embeddings).shape[0] == 512
+
+@pytest.mark.parametrize("table, queries", [(REPOSITORIES, REPOSITORY_QUERIES), (CITIES, CITY_QUERIES)])
+def test_table_question_answering(models_dir, table, queries):
+    got = served(models_dir, TINY_TAPAS, "table-question-answering", table_input(table, queries))
+    expected = reference(models_dir, TINY_TAPAS, "table-question-answering")(table=table, query=queries)
+    assert served_answers(got) == pipeline_answers(expected)
+    assert any(cells for _, _, cells, _ in served_answers(got)), "the random model selects no cell: a weak check"
+
+
+def test_table_queries_are_one_row_each_with_seven_token_types_per_token(models_dir):
+    handler = _handler(models_dir, TINY_TAPAS, "table-question-answering")
+    assert handler.output_names == ("logits", "logits_aggregation")
+    prepared = handler.preprocess(table_input(REPOSITORIES, REPOSITORY_QUERIES[:3]))
+    assert len(prepared.rows) == 3
+    for row in prepared.rows:
+        assert row["token_type_ids"].shape == (len(row["input_ids"]), 7)
+
+
+def test_a_table_too_long_for_the_model_loses_rows_unless_asked_not_to(models_dir):
+    rows = 150
+    table = {"Name": [f"person {i}" for i in range(rows)], "Age": [str(20 + i % 50) for i in range(rows)]}
+    query = "Who is the oldest?"
+    handler = _handler(models_dir, TINY_TAPAS, "table-question-answering")
+    (row,) = handler.preprocess(table_input(table, [query])).rows
+    # Token types' third column is the row id: 0 for the header, then 1, 2, ... for the rows kept.
+    assert len(row["input_ids"]) <= 512 and row["token_type_ids"][:, 2].max() < rows
+    got = served(models_dir, TINY_TAPAS, "table-question-answering", table_input(table, [query]))
+    expected = reference(models_dir, TINY_TAPAS, "table-question-answering")(table=table, query=query)
+    assert served_answers(got) == pipeline_answers(expected)
+    keep_rows = table_input(table, [query], truncation=tqa.TABLE_TRUNCATION_DO_NOT_TRUNCATE)
+    with pytest.raises(InvalidArgument, match=r"item 0 has \d+ tokens, more than model .* takes \(512\)"):
+        handler.preprocess(keep_rows)
 
 
 def test_rows_longer_than_the_model_takes_are_refused(models_dir):
