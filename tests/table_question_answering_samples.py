@@ -51,7 +51,7 @@ def served_answers(output: tqa.TableQuestionAnsweringOutput) -> list[tuple]:
             list(a.cells),
             a.aggregator if a.HasField("aggregator") else None,
         )
-        for a in output.answers
+        for a in output.results
     ]
 
 

@@ -255,6 +255,7 @@ def _add_pipeline(commands) -> None:
         '  pipeserve pipeline tiny-bert-ner "John lives in Paris" --options \'{"aggregation_strategy": "AGGREGATION_STRATEGY_SIMPLE"}\'\n'
         '  pipeserve pipeline tiny-bert-nli "The match ended 2-1." --options \'{"candidate_labels": ["sports", "politics"]}\'\n'
         '  pipeserve pipeline tiny-bert-qa --options \'{"items": [{"question": "Who?", "context": "Guido wrote it."}]}\'\n'
+        '  pipeserve pipeline tiny-tapas "How many stars?" --options \'{"columns": [{"header": "Stars", "cells": ["36542"]}]}\'\n'
         "  cat reviews.txt | pipeserve pipeline tiny-bert-sentiment -",
     )
     parser.add_argument("model", metavar="MODEL", help="a model the gateway serves, e.g. tiny-bert-sentiment")

@@ -1,7 +1,8 @@
 """``pipeserve pipeline``: one PipelineService.Run call from the command line, printed as JSON.
 
 The texts go where the task's input message keeps its texts (``items[].text``
-for text-classification, ``sequences`` for zero-shot, ``texts`` elsewhere);
+for text-classification, ``sequences`` for zero-shot, ``queries`` for
+table-question-answering, ``texts`` elsewhere);
 ``--options`` is the rest of that message in protobuf's JSON mapping, so
 every option the API has is reachable without a flag per option. Tasks
 whose items are not plain texts (question-answering) take them in
@@ -33,6 +34,7 @@ _TEXTS_INTO: dict[str, Callable[[Message, list[str]], None]] = {
     "fill_mask": lambda m, texts: m.texts.extend(texts),
     "zero_shot_classification": lambda m, texts: m.sequences.extend(texts),
     "feature_extraction": lambda m, texts: m.texts.extend(texts),
+    "table_question_answering": lambda m, texts: m.queries.extend(texts),  # the table comes in --options
 }
 
 

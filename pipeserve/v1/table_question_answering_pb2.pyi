@@ -55,7 +55,7 @@ class TableAnswer(_message.Message):
     def __init__(self, answer: _Optional[str] = ..., coordinates: _Optional[_Iterable[_Union[TableCoordinate, _Mapping]]] = ..., cells: _Optional[_Iterable[str]] = ..., aggregator: _Optional[str] = ...) -> None: ...
 
 class TableQuestionAnsweringOutput(_message.Message):
-    __slots__ = ("answers",)
-    ANSWERS_FIELD_NUMBER: _ClassVar[int]
-    answers: _containers.RepeatedCompositeFieldContainer[TableAnswer]
-    def __init__(self, answers: _Optional[_Iterable[_Union[TableAnswer, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TableAnswer]
+    def __init__(self, results: _Optional[_Iterable[_Union[TableAnswer, _Mapping]]] = ...) -> None: ...

@@ -63,7 +63,7 @@ class TableQuestionAnswering(TransformersPipelineTask):
     def to_output(self, input_msg, results: list[dict[str, Any]]) -> tqa_pb2.TableQuestionAnsweringOutput:
         output = tqa_pb2.TableQuestionAnsweringOutput()
         for result in results:
-            answer = output.answers.add(
+            answer = output.results.add(
                 answer=result["answer"],
                 coordinates=[tqa_pb2.TableCoordinate(row=row, column=column) for row, column in result["coordinates"]],
                 cells=result["cells"],

@@ -20,6 +20,7 @@ from pipeserve.v1 import pipelines_pb2 as pb
         ("fill-mask", "fill_mask", lambda m: list(m.texts)),
         ("zero-shot-classification", "zero_shot_classification", lambda m: list(m.sequences)),
         ("feature-extraction", "feature_extraction", lambda m: list(m.texts)),
+        ("table-question-answering", "table_question_answering", lambda m: list(m.queries)),
     ],
 )
 def test_texts_go_where_the_task_keeps_them(task, field, texts_of):

@@ -300,6 +300,7 @@ def test_feature_extraction_truncation_cuts_long_texts_as_the_pipeline_does(mode
         np.testing.assert_allclose(from_tensor(result.token_embeddings), np.array(want[0]), atol=ATOL)
     assert from_tensor(got.results[0].token_embeddings).shape[0] == 512
 
+
 @pytest.mark.parametrize("table, queries", [(REPOSITORIES, REPOSITORY_QUERIES), (CITIES, CITY_QUERIES)])
 def test_table_question_answering(models_dir, table, queries):
     got = served(models_dir, TINY_TAPAS, "table-question-answering", table_input(table, queries))
