@@ -33,6 +33,9 @@ class GatewaySettings(EnqueueSettings):
     )
     max_new_tokens_limit: int = Field(4096, gt=0, description="largest max_new_tokens a request may ask for")
     max_num_return_sequences: int = Field(16, gt=0, description="largest num_return_sequences a request may ask for")
+    max_beams: int = Field(
+        8, gt=0, description="largest num_beams a request may ask for (each beam is a row of the beam search)"
+    )
     request_timeout_s: float = Field(600.0, gt=0, description="deadline of a request whose client set none")
     max_message_bytes: int = Field(
         4 * MIB, gt=0, description="largest request message accepted; bigger ones get RESOURCE_EXHAUSTED from grpc"

@@ -30,6 +30,7 @@ class RequestLimits:
     max_prompt_chars: int = 1_000_000
     max_eos_token_ids: int = 64
     max_pipeline_rows: int = 256
+    max_beams: int = 8
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> RequestLimits:
@@ -42,6 +43,7 @@ class RequestLimits:
             max_prompt_chars=settings.max_prompt_chars,
             max_eos_token_ids=settings.max_eos_token_ids,
             max_pipeline_rows=settings.max_pipeline_rows,
+            max_beams=settings.max_beams,
         )
 
 
@@ -110,7 +112,7 @@ def _check_chat(chat: types_pb2.Chat, limits: RequestLimits) -> None:
 
 def validate_parameters(params: generation_pb2.GenerationParameters, limits: RequestLimits) -> None:
     """Generation options; unset fields mean "the model's default" and are not checked here."""
-    for name in ("temperature", "top_p", "repetition_penalty"):
+    for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
         if params.HasField(name) and not math.isfinite(getattr(params, name)):
             raise InvalidArgument(f"parameters.{name} is {getattr(params, name)}; it must be a finite number")
 
@@ -139,14 +141,22 @@ def validate_parameters(params: generation_pb2.GenerationParameters, limits: Req
             f"parameters.repetition_penalty is {params.repetition_penalty:g}; it must be > 0 (1 disables it)"
         )
 
-    if params.HasField("num_beams"):
-        if params.num_beams > 1:
+    beams = params.num_beams if params.HasField("num_beams") else None
+    if beams is not None:
+        if not 1 <= beams <= limits.max_beams:
             raise InvalidArgument(
-                f"parameters.num_beams is {params.num_beams}: beam search (num_beams > 1) is not supported yet; "
-                "use num_beams=1"
+                f"parameters.num_beams is {beams}; it must be between 1 (no beam search) and {limits.max_beams} "
+                "(PIPESERVE_MAX_BEAMS)"
             )
-        if params.num_beams < 1:
-            raise InvalidArgument(f"parameters.num_beams is {params.num_beams}; use num_beams=1")
+        if beams > 1 and sampling:
+            raise InvalidArgument(
+                f"parameters.num_beams is {beams} with do_sample=true: beam sampling is not served; "
+                "set do_sample=false for beam search, or num_beams=1 to sample"
+            )
+        if beams > 1 and params.ignore_eos:
+            raise InvalidArgument(
+                f"parameters.ignore_eos is true with num_beams {beams}: ignore_eos is not served with beam search"
+            )
 
     if params.HasField("num_return_sequences"):
         n = params.num_return_sequences
@@ -155,10 +165,33 @@ def validate_parameters(params: generation_pb2.GenerationParameters, limits: Req
                 f"parameters.num_return_sequences is {n}; it must be between 1 and "
                 f"{limits.max_num_return_sequences} (PIPESERVE_MAX_NUM_RETURN_SEQUENCES)"
             )
-        if n > 1 and not sampling:
+        if beams is not None and beams > 1 and n > beams:
             raise InvalidArgument(
-                f"parameters.num_return_sequences is {n} without do_sample=true; greedy decoding would return "
-                "the same sequence every time, so set do_sample=true (or num_return_sequences=1)"
+                f"parameters.num_return_sequences is {n}, more than num_beams ({beams}): a beam search "
+                "returns at most num_beams sequences"
+            )
+        # Unset, do_sample and num_beams are the model's defaults (a summarization task's may be a beam search):
+        # the tokenizer service checks the resolved values.
+        if n > 1 and beams == 1 and params.HasField("do_sample") and not params.do_sample:
+            raise InvalidArgument(
+                f"parameters.num_return_sequences is {n} with do_sample=false and num_beams=1; greedy decoding "
+                "would return the same sequence every time, so set do_sample=true, or num_beams >= "
+                "num_return_sequences for the best beams (or num_return_sequences=1)"
+            )
+
+    if params.HasField("no_repeat_ngram_size") and params.no_repeat_ngram_size < 0:
+        raise InvalidArgument(
+            f"parameters.no_repeat_ngram_size is {params.no_repeat_ngram_size}; it must be >= 0 (0 disables it)"
+        )
+    if params.HasField("min_new_tokens"):
+        if params.HasField("max_new_tokens"):
+            most, bound = params.max_new_tokens, "max_new_tokens"
+        else:
+            most, bound = limits.max_new_tokens, "PIPESERVE_MAX_NEW_TOKENS_LIMIT"
+        if not 0 <= params.min_new_tokens <= most:
+            raise InvalidArgument(
+                f"parameters.min_new_tokens is {params.min_new_tokens}; it must be between 0 (no minimum) and "
+                f"{bound} ({most})"
             )
 
     _check_stop(params.stop, limits)

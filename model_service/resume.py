@@ -2,9 +2,11 @@
 
 Each unfinished sequence continues as its own engine request: the prompt
 plus the tokens already published is the new prompt, what is left of
-max_new_tokens the budget, and chunk numbers go on after the last one
-published, so the reader sees one unbroken stream. Greedy decoding then
-continues exactly as an uninterrupted run would.
+max_new_tokens (and of min_new_tokens) the budget, and chunk numbers go on
+after the last one published, so the reader sees one unbroken stream.
+Greedy decoding then continues exactly as an uninterrupted run would. A beam
+search publishes all its sequences in one chunk when it ends, so it is never
+resumed half-way: it runs again from the start, or it is only acknowledged.
 
 A sampled sequence continues with a fresh draw from the same distribution.
 Replaying the random generator would need the shape of every draw the dead
@@ -79,7 +81,11 @@ def continuation_requests(
         if sampling.do_sample and seed is not None:
             seed = continuation_seed(seed, index, len(done))
         options = dataclasses.replace(
-            sampling, max_new_tokens=sampling.max_new_tokens - len(done), num_return_sequences=1, seed=seed
+            sampling,
+            max_new_tokens=sampling.max_new_tokens - len(done),
+            min_new_tokens=max(0, sampling.min_new_tokens - len(done)),
+            num_return_sequences=1,
+            seed=seed,
         )
         engine_id = f"{request.request_id}{ENGINE_ID_SEPARATOR}{index}"
         if encoder_decoder:

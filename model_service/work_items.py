@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_service.engine.beam_search import check_beam_search
 from model_service.engine.forward_batcher import ForwardRequest
 from model_service.engine.interface import GenerationRequest, SamplingOptions
 from pipeserve.errors import InvalidArgument
@@ -24,9 +25,20 @@ class ModelLimits:
     context_length: int | None
     max_sequences: int
     """Most sequences one request may ask for (the engine's batch size)."""
+    encoder_decoder: bool = False
+    """A resumed sequence's published tokens go to the decoder, not after the prompt (model_service.resume)."""
+
+
+EARLY_STOPPING = {
+    queue_pb2.EARLY_STOPPING_UNSPECIFIED: False,
+    queue_pb2.EARLY_STOPPING_TRUE: True,
+    queue_pb2.EARLY_STOPPING_NEVER: "never",
+}
 
 
 def sampling_from_pb(pb: queue_pb2.SamplingParams) -> SamplingOptions:
+    if pb.early_stopping not in EARLY_STOPPING:
+        raise InvalidArgument(f"early_stopping is {pb.early_stopping}, not a known EarlyStopping value")
     return SamplingOptions(
         max_new_tokens=pb.max_new_tokens,
         do_sample=pb.do_sample,
@@ -38,6 +50,12 @@ def sampling_from_pb(pb: queue_pb2.SamplingParams) -> SamplingOptions:
         seed=pb.seed if pb.HasField("seed") else None,
         eos_token_ids=frozenset(pb.eos_token_ids),
         ignore_eos=pb.ignore_eos,
+        # 0 is what a work item from a tokenizer older than beam search carries: no beam search.
+        num_beams=pb.num_beams or 1,
+        length_penalty=pb.length_penalty,
+        early_stopping=EARLY_STOPPING[pb.early_stopping],
+        no_repeat_ngram_size=pb.no_repeat_ngram_size,
+        min_new_tokens=pb.min_new_tokens,
     )
 
 
@@ -70,11 +88,23 @@ def _check_sampling(sampling: SamplingOptions, limits: ModelLimits) -> None:
         raise InvalidArgument(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
     if sampling.repetition_penalty <= 0:
         raise InvalidArgument(f"repetition_penalty must be > 0 (1 = none), got {sampling.repetition_penalty}")
+    if sampling.no_repeat_ngram_size < 0:
+        raise InvalidArgument(f"no_repeat_ngram_size must be >= 0 (0 = none), got {sampling.no_repeat_ngram_size}")
+    if not 0 <= sampling.min_new_tokens <= sampling.max_new_tokens:
+        raise InvalidArgument(
+            f"min_new_tokens must be between 0 and max_new_tokens ({sampling.max_new_tokens}), "
+            f"got {sampling.min_new_tokens}"
+        )
     n = sampling.num_return_sequences
     if not 1 <= n <= limits.max_sequences:
         raise InvalidArgument(
             f"num_return_sequences must be between 1 and {limits.max_sequences} (this worker's batch size), got {n}"
         )
+    if sampling.num_beams < 1:
+        raise InvalidArgument(f"num_beams must be at least 1 (1 = no beam search), got {sampling.num_beams}")
+    if sampling.num_beams > 1:
+        check_beam_search(sampling)
+        return
     if not sampling.do_sample:
         if n > 1:
             raise InvalidArgument(

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from model_service.config import WorkerSettings
 from model_service.engine import create_engine
-from model_service.engine.encoder_decoder import EncoderDecoderBatcher
+from model_service.engine.beam_search import BeamSearchRunner
 from model_service.engine.forward_batcher import ForwardBatcher, ForwardDone
 from model_service.engine.interface import (
     GenerationEngine,
@@ -131,11 +131,13 @@ class ModelLane:
         """How long this lane may wait on the queue before it must step again; None: as long as it likes.
 
         0 while it generates or has replies to send; for forward-only work,
-        the time until its waiting rows are due (max_wait_ms).
+        the time until its waiting rows are due (max_wait_ms); while only a
+        beam search runs (on its own thread), a short poll interval, so its
+        result goes out soon after it is ready without the loop spinning.
         """
         if self._outbox or self._to_finish:
             return 0.0
-        if isinstance(self._engine, ForwardBatcher):
+        if isinstance(self._engine, ForwardBatcher | BeamSearchRunner):
             return self._engine.due_in_s
         return 0.0 if self.has_work else None
 
@@ -256,9 +258,7 @@ class ModelLane:
         try:
             request = request_from_work_item(item, self._limits)
             continuations = (
-                continuation_requests(
-                    request, published, encoder_decoder=isinstance(self._engine, EncoderDecoderBatcher)
-                )
+                continuation_requests(request, published, encoder_decoder=self._limits.encoder_decoder)
                 if published.started
                 else {}
             )
@@ -527,8 +527,8 @@ class ModelLane:
 def create_lane(loaded: LoadedModel, client: redis.Redis, settings: WorkerSettings) -> ModelLane:
     """A lane for a loaded model: a consumer on its request stream and the configured engine around it.
 
-    Generation models get the generation engine; forward-only models (classification, fill-mask,
-    embeddings, ...) the dynamic batcher.
+    Generation models get the generation engine, with beam searches beside it; forward-only models
+    (classification, fill-mask, embeddings, ...) the dynamic batcher.
     """
     keys = Keys(settings.key_prefix)
     consumer = WorkConsumer(client, keys, loaded.name, settings.worker_id, key_ttl_s=settings.key_ttl_s)
@@ -550,10 +550,17 @@ def create_lane(loaded: LoadedModel, client: redis.Redis, settings: WorkerSettin
             device=loaded.device,
         )
     else:
-        engine = create_engine(
+        batch = create_engine(
             settings.engine_settings(), loaded.model, vocab_size=loaded.output_vocab_size, device=loaded.device
         )
-    limits = ModelLimits(loaded.name, loaded.input_vocab_size, loaded.context_length, settings.max_batch_size)
+        engine = BeamSearchRunner(batch, loaded.model, device=loaded.device)
+    limits = ModelLimits(
+        loaded.name,
+        loaded.input_vocab_size,
+        loaded.context_length,
+        settings.max_batch_size,
+        encoder_decoder=bool(getattr(loaded.model.config, "is_encoder_decoder", False)),
+    )
     return ModelLane(consumer, pending, engine, limits, settings)
 
 
@@ -621,14 +628,16 @@ class Worker:
             # With nothing to do, block on every lane's stream at once. Forward rows waiting for company
             # (max_wait_ms) are waited for here instead: Redis times out a blocked read only at its cron
             # tick (100 ms at the default hz), far coarser than a few milliseconds.
-            if drain_until is None:
-                waits = [lane.idle_for_s for lane in self._lanes]
-                if all(wait is None or wait > 0 for wait in waits):
-                    due = [wait for wait in waits if wait is not None]
-                    if due:
-                        stop.wait(min(due))
-                    else:
-                        self._wait_for_work()
+            waits = [lane.idle_for_s for lane in self._lanes]
+            if all(wait is None or wait > 0 for wait in waits):
+                due = [wait for wait in waits if wait is not None]
+                if drain_until is not None:
+                    # Draining: wait as when serving (a beam search's poll interval), not spin; abort cuts it short.
+                    abort.wait(min(due, default=0))
+                elif due:
+                    stop.wait(min(due))
+                else:
+                    self._wait_for_work()
             for lane in self._lanes:
                 if drain_until is None:
                     lane.read_new(None)

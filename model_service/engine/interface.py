@@ -24,7 +24,9 @@ class SamplingOptions:
     """Generation options with the model's defaults already applied (nothing left optional but the seed).
 
     Semantics follow transformers' generate: top_k=0 and top_p=1 disable
-    those filters; temperature, top_k and top_p only matter when do_sample.
+    those filters; temperature, top_k and top_p only matter when do_sample;
+    length_penalty and early_stopping only with num_beams > 1;
+    no_repeat_ngram_size=0 and min_new_tokens=0 disable those constraints.
     """
 
     max_new_tokens: int
@@ -37,6 +39,12 @@ class SamplingOptions:
     seed: int | None = None
     eos_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    """True, False or "never", as generate takes it."""
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
     def finish_reason(self, token: int, generated: int) -> FinishReason | None:
         """Why a sequence ends with ``token``, its ``generated``-th new token; None while it goes on."""

@@ -1,24 +1,88 @@
 """Choosing the next token for every row of a batch whose rows have different sampling options.
 
 Each transform reproduces one of transformers' logits processors exactly
-(RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+(RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor,
+MinNewTokensLengthLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
 TopPLogitsWarper with min_tokens_to_keep=1), applied in generate's order, so
 a row samples from the same distribution it would in ``model.generate``.
 Per-row options live in tensors and are only rebuilt when rows join or
-leave; a step costs a handful of batched kernels, not a loop over rows.
+leave; a step costs a handful of batched kernels, not a loop over rows. The
+two token bans are the exception: they loop over the rows that have them,
+since what they forbid depends on each row's own tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from model_service.engine.interface import SamplingOptions
 
 
+class NGramIndex:
+    """The n-grams of one sequence by their first n - 1 tokens, grown token by token.
+
+    NoRepeatNGramLogitsProcessor compares the last n - 1 tokens with every
+    window of the sequence at each step; keeping the windows in a dict makes
+    the same answer a lookup.
+    """
+
+    def __init__(self, size: int, tokens: Sequence[int]):
+        self._size = size
+        self._tokens: list[int] = []
+        self._next: dict[tuple[int, ...], set[int]] = {}
+        for token in tokens:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        self._tokens.append(token)
+        if len(self._tokens) >= self._size:
+            ngram = self._tokens[len(self._tokens) - self._size :]
+            self._next.setdefault(tuple(ngram[:-1]), set()).add(ngram[-1])
+
+    def banned(self) -> set[int]:
+        """Tokens that would complete an n-gram the sequence already holds."""
+        if len(self._tokens) < self._size:
+            return set()
+        return self._next.get(tuple(self._tokens[len(self._tokens) - self._size + 1 :]), set())
+
+
+@dataclass
+class TokenBans:
+    """One row's banned tokens: repeated n-grams, and its end-of-sequence tokens before min_new_tokens."""
+
+    eos_token_ids: frozenset[int]
+    min_new_tokens: int
+    ngrams: NGramIndex | None
+    generated: int = 0
+
+    @classmethod
+    def for_row(cls, options: SamplingOptions, prompt_token_ids: Sequence[int]) -> TokenBans | None:
+        """None for a row that bans nothing, so that unconstrained batches skip the bans altogether."""
+        if not options.no_repeat_ngram_size and not options.min_new_tokens:
+            return None
+        ngrams = NGramIndex(options.no_repeat_ngram_size, prompt_token_ids) if options.no_repeat_ngram_size else None
+        return cls(options.eos_token_ids, options.min_new_tokens, ngrams)
+
+    def banned(self) -> set[int]:
+        banned = self.ngrams.banned() if self.ngrams is not None else set()
+        if self.generated < self.min_new_tokens:
+            banned = banned | self.eos_token_ids
+        return banned
+
+    def record(self, token: int) -> None:
+        self.generated += 1
+        if self.ngrams is not None:
+            self.ngrams.append(token)
+
+
 class SamplingRows:
-    """Sampling state of a set of rows: options, seen tokens (for the penalty) and random generators."""
+    """Sampling state of a set of rows: options, seen tokens (for the penalty), token bans and random generators.
+
+    A selection shares its rows' ban state with the rows it was selected from.
+    """
 
     def __init__(
         self,
@@ -30,6 +94,7 @@ class SamplingRows:
         do_sample: list[bool],
         seen: torch.Tensor,
         generators: list[torch.Generator | None],
+        bans: list[TokenBans | None],
     ):
         self.temperature = temperature  # float32 [rows]
         self.top_k = top_k
@@ -38,6 +103,7 @@ class SamplingRows:
         self.do_sample = do_sample
         self.seen = seen  # bool [rows, vocab]: token ids in the prompt or generated so far
         self.generators = generators
+        self.bans = bans
         self._plan()
 
     @classmethod
@@ -61,6 +127,7 @@ class SamplingRows:
             do_sample=[options.do_sample] * rows,
             seen=seen,
             generators=[generator] * rows,
+            bans=[TokenBans.for_row(options, prompt_token_ids) for _ in range(rows)],
         )
 
     @classmethod
@@ -73,6 +140,7 @@ class SamplingRows:
             do_sample=[s for p in parts for s in p.do_sample],
             seen=torch.cat([p.seen for p in parts]),
             generators=[g for p in parts for g in p.generators],
+            bans=[b for p in parts for b in p.bans],
         )
 
     def __len__(self) -> int:
@@ -88,12 +156,14 @@ class SamplingRows:
             do_sample=[self.do_sample[i] for i in keep],
             seen=self.seen[index],
             generators=[self.generators[i] for i in keep],
+            bans=[self.bans[i] for i in keep],
         )
 
     def _plan(self) -> None:
         """Work out once per membership change which transforms apply to which rows."""
         device = self.seen.device
         self._penalized = bool((self.penalty != 1.0).any()) if len(self) else False
+        self._banning = [(i, bans) for i, bans in enumerate(self.bans) if bans is not None]
         sampled = [i for i, s in enumerate(self.do_sample) if s]
         self._sampled = torch.as_tensor(sampled, dtype=torch.long, device=device) if sampled else None
         self._all_sampled = len(sampled) == len(self)
@@ -116,13 +186,20 @@ class SamplingRows:
         ]
 
     def record(self, tokens: torch.Tensor) -> None:
-        """Note the tokens just chosen, so the repetition penalty sees them from the next step on."""
+        """Note the tokens just chosen, so the repetition penalty and the bans see them from the next step on."""
         self.seen[torch.arange(len(self), device=tokens.device), tokens] = True
+        if self._banning:
+            chosen = tokens.tolist()
+            for i, bans in self._banning:
+                bans.record(chosen[i])
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's logits [rows, vocab] after its processors: what generate hands to argmax or to sampling."""
         if self._penalized:
             logits = apply_repetition_penalty(logits, self.seen, self.penalty)
+        banned = self._banned(logits)
+        if banned is not None:
+            logits = logits.masked_fill(banned, -float("inf"))
         if self._sampled is None:
             return logits
         scores = logits if self._all_sampled else logits[self._sampled]
@@ -130,6 +207,9 @@ class SamplingRows:
         # limits (1e-45) overflows to inf. A no-op for every ordinary value; masking below still uses -inf.
         finite = torch.finfo(scores.dtype).max
         scores = (scores / self.temperature[self._sampled, None]).clamp(min=-finite, max=finite)
+        if banned is not None:
+            # Banned tokens stay at -inf, as in generate, not at the clamp's finite floor.
+            scores = scores.masked_fill(banned if self._all_sampled else banned[self._sampled], -float("inf"))
         if self._top_k_rows is not None:
             scores[self._top_k_rows] = apply_top_k(scores[self._top_k_rows], self._top_k, self._max_top_k)
         if self._top_p_rows is not None:
@@ -155,6 +235,22 @@ class SamplingRows:
         tokens = scores.argmax(dim=-1)
         tokens[self._sampled] = drawn
         return tokens
+
+    def _banned(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """Where the rows' bans put -inf, as a mask like logits; None when nothing is banned this step.
+
+        Ids past the logits' width cannot be generated, so they need no ban (transformers skips them too).
+        """
+        rows, columns = [], []
+        for i, bans in self._banning:
+            tokens = [token for token in bans.banned() if token < logits.shape[-1]]
+            rows.extend([i] * len(tokens))
+            columns.extend(tokens)
+        if not rows:
+            return None
+        mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        mask[rows, columns] = True
+        return mask
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,9 @@ the last step, waiting briefly for them so the worker loop follows the
 manager's pace instead of spinning on Redis round trips.
 
 Greedy decoding only: the manager fixes do_sample for all its requests when
-it is created and has neither per-request seeds nor a repetition penalty, so
-a request asking for those is refused with INVALID_ARGUMENT naming the
-padded-kv engine, which has them.
+it is created and has neither per-request seeds nor a repetition penalty (nor
+n-gram or minimum-length bans), so a request asking for those is refused with
+INVALID_ARGUMENT naming the padded-kv engine, which has them.
 """
 
 from __future__ import annotations
@@ -104,11 +104,17 @@ class TransformersCBEngine:
 
     def add(self, request: GenerationRequest) -> None:
         options = request.sampling
-        if options.do_sample or options.repetition_penalty != 1.0 or options.num_return_sequences != 1:
+        if (
+            options.do_sample
+            or options.repetition_penalty != 1.0
+            or options.num_return_sequences != 1
+            or options.no_repeat_ngram_size
+            or options.min_new_tokens
+        ):
             raise InvalidArgument(
                 "this worker runs transformers' continuous batching (PIPESERVE_ENGINE=transformers-cb), which does "
-                "greedy decoding of one sequence only: drop do_sample, repetition_penalty and num_return_sequences, "
-                "or serve the model with PIPESERVE_ENGINE=padded-kv"
+                "greedy decoding of one sequence only: drop do_sample, repetition_penalty, num_return_sequences, "
+                "no_repeat_ngram_size and min_new_tokens, or serve the model with PIPESERVE_ENGINE=padded-kv"
             )
         if _final_length(request) > self._cache_tokens:
             raise InvalidArgument(

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerationParameters(_message.Message):
-    __slots__ = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams", "num_return_sequences", "seed", "stop", "eos_token_id", "return_full_text", "skip_special_tokens", "ignore_eos")
+    __slots__ = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams", "num_return_sequences", "seed", "stop", "eos_token_id", "return_full_text", "skip_special_tokens", "ignore_eos", "length_penalty", "early_stopping", "no_repeat_ngram_size", "min_new_tokens")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DO_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,10 @@ class GenerationParameters(_message.Message):
     RETURN_FULL_TEXT_FIELD_NUMBER: _ClassVar[int]
     SKIP_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_FIELD_NUMBER: _ClassVar[int]
+    NO_REPEAT_NGRAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     do_sample: bool
     temperature: float
@@ -37,7 +41,11 @@ class GenerationParameters(_message.Message):
     return_full_text: bool
     skip_special_tokens: bool
     ignore_eos: bool
-    def __init__(self, max_new_tokens: _Optional[int] = ..., do_sample: _Optional[bool] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., num_beams: _Optional[int] = ..., num_return_sequences: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., eos_token_id: _Optional[_Iterable[int]] = ..., return_full_text: _Optional[bool] = ..., skip_special_tokens: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+    length_penalty: float
+    early_stopping: bool
+    no_repeat_ngram_size: int
+    min_new_tokens: int
+    def __init__(self, max_new_tokens: _Optional[int] = ..., do_sample: _Optional[bool] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., num_beams: _Optional[int] = ..., num_return_sequences: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., eos_token_id: _Optional[_Iterable[int]] = ..., return_full_text: _Optional[bool] = ..., skip_special_tokens: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., length_penalty: _Optional[float] = ..., early_stopping: _Optional[bool] = ..., no_repeat_ngram_size: _Optional[int] = ..., min_new_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "prompt", "chat", "parameters", "task", "src_lang", "tgt_lang")

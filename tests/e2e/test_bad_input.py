@@ -25,7 +25,7 @@ BAD_REQUESTS = [
     (unary_request(top_k=-1), INVALID, "top_k"),
     (unary_request(repetition_penalty=0.0), INVALID, "repetition_penalty"),
     (unary_request(temperature=float("nan"), do_sample=True), INVALID, "temperature"),
-    (unary_request(num_beams=4), INVALID, "num_beams"),
+    (unary_request(num_beams=9), INVALID, "num_beams"),  # past PIPESERVE_MAX_BEAMS
     (unary_request(num_return_sequences=2), INVALID, "num_return_sequences"),
     (unary_request(stop=[""]), INVALID, "stop"),
     (unary_request(model="no-such-model"), grpc.StatusCode.NOT_FOUND, "no-such-model"),

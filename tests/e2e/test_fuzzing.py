@@ -113,7 +113,10 @@ OVERRIDES = {
     "content": mostly(st.text(max_size=40), TEXT),
     "max_new_tokens": mostly(st.sampled_from([1, 1, 1, 2, 4]), INT32),
     "num_return_sequences": mostly(st.integers(1, 3), INT32),
-    "num_beams": mostly(st.just(1), INT32),
+    "num_beams": mostly(st.sampled_from([1, 1, 2, 4]), INT32),
+    "length_penalty": mostly(st.floats(-2.0, 2.0), FLOAT32),
+    "no_repeat_ngram_size": mostly(st.integers(0, 4), INT32),
+    "min_new_tokens": mostly(st.integers(0, 2), INT32),
     "top_k": mostly(st.integers(0, 50), INT32),
     "temperature": mostly(st.floats(0.1, 2.0), FLOAT32),
     "top_p": mostly(st.floats(0.1, 1.0), FLOAT32),
@@ -376,6 +379,17 @@ SAMPLING_BOUNDS = [
     ({"num_return_sequences": 0}, "INVALID_ARGUMENT"),
     ({"num_beams": 1}, "OK"),
     ({"num_beams": 0}, "INVALID_ARGUMENT"),
+    ({"num_beams": 2}, "INVALID_ARGUMENT"),  # beam sampling
+    ({"do_sample": False, "ignore_eos": False, "num_beams": 8, "num_return_sequences": 8}, "OK"),
+    ({"do_sample": False, "ignore_eos": False, "num_beams": 9}, "INVALID_ARGUMENT"),
+    ({"do_sample": False, "num_beams": 2}, "INVALID_ARGUMENT"),  # ignore_eos
+    ({"do_sample": False, "ignore_eos": False, "num_beams": 2, "length_penalty": -3.4e38}, "OK"),
+    ({"min_new_tokens": 2}, "OK"),
+    ({"min_new_tokens": 3}, "INVALID_ARGUMENT"),
+    ({"min_new_tokens": -1}, "INVALID_ARGUMENT"),
+    ({"no_repeat_ngram_size": 1}, "OK"),
+    ({"no_repeat_ngram_size": 2**31 - 1}, "OK"),
+    ({"no_repeat_ngram_size": -1}, "INVALID_ARGUMENT"),
     ({"max_new_tokens": 1}, "OK"),
     ({"max_new_tokens": 0}, "INVALID_ARGUMENT"),
     ({"max_new_tokens": -(2**31)}, "INVALID_ARGUMENT"),
@@ -409,7 +423,7 @@ def test_every_sampling_option_at_its_bounds(generation, parameters, expected):
             assert all(0 <= token_id < VOCAB_SIZE for token_id in completion.token_ids)
 
 
-@pytest.mark.parametrize("name", ["temperature", "top_p", "repetition_penalty"])
+@pytest.mark.parametrize("name", ["temperature", "top_p", "repetition_penalty", "length_penalty"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_nan_and_infinite_floats_are_invalid(generation, name, value):
     with pytest.raises(grpc.RpcError) as raised:

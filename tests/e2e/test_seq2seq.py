@@ -1,8 +1,10 @@
 """summarization, translation, text2text-generation through the real processes, on a tiny T5.
 
 The reference is what the transformers 4.x pipelines returned: the task's
-prefix before the text, ``model.generate`` greedily, and the output decoded
-with ``skip_special_tokens=True``.
+prefix before the text, ``model.generate`` with the task's parameters from
+the config's ``task_specific_params`` (the tiny T5 has t5-small's: beam
+search for summarization and translation), and the output decoded with
+``skip_special_tokens=True``.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ TEXTS = [
     ),
     "Numbers 12345 and café, naïve façade.",
 ]
-# (request task and languages, the prefix the 4.x pipeline put before the text)
+# (request task and languages, the task_specific_params entry the 4.x pipeline took its prefix and options from)
 TASKS = [
-    ({}, ""),
-    ({"task": "text2text-generation"}, ""),
-    ({"task": "summarization"}, "summarize: "),
-    ({"task": "translation_en_to_de"}, "translate English to German: "),
-    ({"task": "translation", "src_lang": "en", "tgt_lang": "fr"}, "translate English to French: "),
+    ({}, None),
+    ({"task": "text2text-generation"}, None),
+    ({"task": "summarization"}, "summarization"),
+    ({"task": "translation_en_to_de"}, "translation_en_to_de"),
+    ({"task": "translation", "src_lang": "en", "tgt_lang": "fr"}, "translation_en_to_fr"),
 ]
 
 
@@ -60,14 +62,23 @@ def reference(t5_stack):
     return AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
 
 
-def pipeline_output(reference, text: str) -> str:
+def task_parameters(reference, task: str | None) -> tuple[str, dict]:
+    """The prefix and the generation options of the model config's entry for the task."""
+    model, _ = reference
+    options = dict(model.config.task_specific_params[task]) if task else {}
+    return options.pop("prefix", ""), options
+
+
+def pipeline_output(reference, task: str | None, text: str, **parameters) -> list[str]:
+    """Every returned sequence, best first: the task's prefix before the text, generate with its options."""
     import torch
 
     model, tokenizer = reference
-    inputs = tokenizer(text, return_tensors="pt")
+    prefix, options = task_parameters(reference, task)
+    inputs = tokenizer(prefix + text, return_tensors="pt")
     with torch.inference_mode():
-        output = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
-    return tokenizer.decode(output[0], skip_special_tokens=True)
+        output = model.generate(**inputs, **{**options, "do_sample": False, **parameters})
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in output]
 
 
 def stream(generation, text: str, **options) -> tuple[str, list, types_pb2.Usage]:
@@ -83,13 +94,14 @@ def stream(generation, text: str, **options) -> tuple[str, list, types_pb2.Usage
 
 
 def test_every_task_streams_what_the_pipeline_returned_for_concurrent_mixed_lengths(generation, reference):
-    cases = [(options, prefix, text) for options, prefix in TASKS for text in TEXTS]
+    cases = [(options, task, text) for options, task in TASKS for text in TEXTS]
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
         results = list(pool.map(lambda case: stream(generation, case[2], **case[0]), cases))
-    for (options, prefix, text), (streamed, finishes, last) in zip(cases, results, strict=True):
-        assert streamed == pipeline_output(reference, prefix + text), (options, text)
+    for (options, task, text), (streamed, finishes, last) in zip(cases, results, strict=True):
+        assert streamed == pipeline_output(reference, task, text, max_new_tokens=MAX_NEW_TOKENS)[0], (options, text)
         assert len(finishes) == 1
         _, tokenizer = reference
+        prefix, _ = task_parameters(reference, task)
         assert last.usage.prompt_tokens == len(tokenizer(prefix + text)["input_ids"])
 
 
@@ -102,8 +114,43 @@ def test_unary_generate_equals_the_stream(generation, reference):
         parameters=generation_pb2.GenerationParameters(max_new_tokens=MAX_NEW_TOKENS),
     )
     reply = generation.Generate(request, timeout=120)
-    assert reply.completions[0].text == pipeline_output(reference, "summarize: " + text)
+    assert (
+        reply.completions[0].text == pipeline_output(reference, "summarization", text, max_new_tokens=MAX_NEW_TOKENS)[0]
+    )
     assert reply.usage.completion_tokens == len(reply.completions[0].token_ids)
+
+
+def test_summarization_is_t5_small_s_beam_search(generation, reference):
+    """No parameters: t5-small's summarization options (4 beams, length_penalty 2, no repeated 3-grams, at least
+    30 tokens counting the decoder start, early stopping) and the model's max_new_tokens, as generate has them."""
+    text = TEXTS[2]
+    request = generation_pb2.GenerateStreamRequest(
+        model=TINY_T5,
+        prompt=text,
+        task="summarization",
+        parameters=generation_pb2.GenerationParameters(num_return_sequences=2),
+    )
+    responses = list(generation.GenerateStream(request, timeout=120))
+    # A beam search's sequences arrive whole, one message each, when the search ends.
+    assert [response.index for response in responses] == [0, 1]
+    expected = pipeline_output(reference, "summarization", text, num_return_sequences=2)
+    assert [response.text for response in responses] == expected
+    tokens = [len(response.token_ids) for response in responses]
+    assert all(29 <= count <= 32 for count in tokens), tokens
+    # The request's own options override the task's: one beam is greedy decoding.
+    greedy = generation.Generate(
+        generation_pb2.GenerateRequest(
+            model=TINY_T5,
+            prompt=text,
+            task="summarization",
+            parameters=generation_pb2.GenerationParameters(num_beams=1, min_new_tokens=0),
+        ),
+        timeout=120,
+    )
+    assert (
+        greedy.completions[0].text
+        == pipeline_output(reference, "summarization", text, num_beams=1, min_new_tokens=0)[0]
+    )
 
 
 @pytest.mark.parametrize(

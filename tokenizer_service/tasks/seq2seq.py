@@ -4,15 +4,14 @@ transformers 5 dropped these pipelines; their preprocess is ours. As in
 4.x, the task picks an entry of the model config's ``task_specific_params``
 (t5-small has ``summarization`` and ``translation_en_to_de``...): its
 ``prefix`` goes before the text ("summarize: ..."), and its generation
-options override the model's generation config. The text is tokenized with
-the tokenizer's special tokens and cut to the model's maximum length (the
-4.x pipelines' ``truncation=True``). The encoder-decoder engine then
-generates from these ids, and the text streamed back is the decoded output
-alone, never a continuation of the prompt.
-
-Options beyond what pipeserve decodes with (num_beams > 1, length_penalty,
-no_repeat_ngram_size, min_length) are not applied: decoding is greedy or
-sampled.
+options (t5-small's: num_beams, length_penalty, no_repeat_ngram_size,
+min_length, max_length, early_stopping) override the model's generation
+config; a request's own parameters override both. The text is tokenized
+with the tokenizer's special tokens and cut to the model's maximum length
+(the 4.x pipelines' ``truncation=True``). The encoder-decoder engine (or,
+with num_beams > 1, generate's beam search) then generates from these ids,
+and the text streamed back is the decoded output alone, never a
+continuation of the prompt.
 """
 
 from __future__ import annotations

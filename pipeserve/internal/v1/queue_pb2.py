@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pipeserve.v1 import types_pb2 as pipeserve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!pipeserve/internal/v1/queue.proto\x12\x15pipeserve.internal.v1\x1a\x18pipeserve/v1/types.proto\"\xef\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x11\n\tdo_sample\x18\x02 \x01(\x08\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x06 \x01(\x02\x12\x1c\n\x14num_return_sequences\x18\x07 \x01(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\reos_token_ids\x18\t \x03(\x05\x12\x12\n\nignore_eos\x18\n \x01(\x08\x42\x07\n\x05_seed\"\xe8\x02\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x37\n\x08sampling\x18\x04 \x01(\x0b\x32%.pipeserve.internal.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x03\x12\x18\n\x10\x65nqueued_unix_ms\x18\x06 \x01(\x03\x12H\n\rtrace_context\x18\x07 \x03(\x0b\x32\x31.pipeserve.internal.v1.WorkItem.TraceContextEntry\x12\x33\n\x07\x66orward\x18\x08 \x01(\x0b\x32\".pipeserve.internal.v1.ForwardWork\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\nForwardRow\x12=\n\x06inputs\x18\x01 \x03(\x0b\x32-.pipeserve.internal.v1.ForwardRow.InputsEntry\x12\x11\n\tpositions\x18\x02 \x03(\r\x1a\x43\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.pipeserve.v1.Tensor:\x02\x38\x01\"k\n\x0b\x46orwardWork\x12/\n\x04rows\x18\x01 \x03(\x0b\x32!.pipeserve.internal.v1.ForwardRow\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\x12\x15\n\rtoken_outputs\x18\x03 \x03(\t\"\xa1\x01\n\x11\x46orwardRowOutputs\x12\x46\n\x07outputs\x18\x01 \x03(\x0b\x32\x35.pipeserve.internal.v1.ForwardRowOutputs.OutputsEntry\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.pipeserve.v1.Tensor:\x02\x38\x01\"G\n\rForwardResult\x12\x36\n\x04rows\x18\x01 \x03(\x0b\x32(.pipeserve.internal.v1.ForwardRowOutputs\"d\n\rSequenceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.pipeserve.v1.FinishReason\"+\n\nReplyError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc4\x01\n\nReplyChunk\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x34\n\x06\x64\x65ltas\x18\x02 \x03(\x0b\x32$.pipeserve.internal.v1.SequenceDelta\x12\x30\n\x05\x65rror\x18\x03 \x01(\x0b\x32!.pipeserve.internal.v1.ReplyError\x12\x35\n\x07\x66orward\x18\x04 \x01(\x0b\x32$.pipeserve.internal.v1.ForwardResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!pipeserve/internal/v1/queue.proto\x12\x15pipeserve.internal.v1\x1a\x18pipeserve/v1/types.proto\"\x8e\x03\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x11\n\tdo_sample\x18\x02 \x01(\x08\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x06 \x01(\x02\x12\x1c\n\x14num_return_sequences\x18\x07 \x01(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\reos_token_ids\x18\t \x03(\x05\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x11\n\tnum_beams\x18\x0b \x01(\x05\x12\x16\n\x0elength_penalty\x18\x0c \x01(\x02\x12<\n\x0e\x65\x61rly_stopping\x18\r \x01(\x0e\x32$.pipeserve.internal.v1.EarlyStopping\x12\x1c\n\x14no_repeat_ngram_size\x18\x0e \x01(\x05\x12\x16\n\x0emin_new_tokens\x18\x0f \x01(\x05\x42\x07\n\x05_seed\"\xe8\x02\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x37\n\x08sampling\x18\x04 \x01(\x0b\x32%.pipeserve.internal.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x03\x12\x18\n\x10\x65nqueued_unix_ms\x18\x06 \x01(\x03\x12H\n\rtrace_context\x18\x07 \x03(\x0b\x32\x31.pipeserve.internal.v1.WorkItem.TraceContextEntry\x12\x33\n\x07\x66orward\x18\x08 \x01(\x0b\x32\".pipeserve.internal.v1.ForwardWork\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\nForwardRow\x12=\n\x06inputs\x18\x01 \x03(\x0b\x32-.pipeserve.internal.v1.ForwardRow.InputsEntry\x12\x11\n\tpositions\x18\x02 \x03(\r\x1a\x43\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.pipeserve.v1.Tensor:\x02\x38\x01\"k\n\x0b\x46orwardWork\x12/\n\x04rows\x18\x01 \x03(\x0b\x32!.pipeserve.internal.v1.ForwardRow\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\x12\x15\n\rtoken_outputs\x18\x03 \x03(\t\"\xa1\x01\n\x11\x46orwardRowOutputs\x12\x46\n\x07outputs\x18\x01 \x03(\x0b\x32\x35.pipeserve.internal.v1.ForwardRowOutputs.OutputsEntry\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.pipeserve.v1.Tensor:\x02\x38\x01\"G\n\rForwardResult\x12\x36\n\x04rows\x18\x01 \x03(\x0b\x32(.pipeserve.internal.v1.ForwardRowOutputs\"d\n\rSequenceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.pipeserve.v1.FinishReason\"+\n\nReplyError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc4\x01\n\nReplyChunk\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x34\n\x06\x64\x65ltas\x18\x02 \x03(\x0b\x32$.pipeserve.internal.v1.SequenceDelta\x12\x30\n\x05\x65rror\x18\x03 \x01(\x0b\x32!.pipeserve.internal.v1.ReplyError\x12\x35\n\x07\x66orward\x18\x04 \x01(\x0b\x32$.pipeserve.internal.v1.ForwardResult*b\n\rEarlyStopping\x12\x1e\n\x1a\x45\x41RLY_STOPPING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45\x41RLY_STOPPING_TRUE\x10\x01\x12\x18\n\x14\x45\x41RLY_STOPPING_NEVER\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDROW_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_FORWARDROWOUTPUTS_OUTPUTSENTRY']._loaded_options = None
   _globals['_FORWARDROWOUTPUTS_OUTPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_EARLYSTOPPING']._serialized_start=1708
+  _globals['_EARLYSTOPPING']._serialized_end=1806
   _globals['_SAMPLINGPARAMS']._serialized_start=87
-  _globals['_SAMPLINGPARAMS']._serialized_end=326
-  _globals['_WORKITEM']._serialized_start=329
-  _globals['_WORKITEM']._serialized_end=689
-  _globals['_WORKITEM_TRACECONTEXTENTRY']._serialized_start=638
-  _globals['_WORKITEM_TRACECONTEXTENTRY']._serialized_end=689
-  _globals['_FORWARDROW']._serialized_start=692
-  _globals['_FORWARDROW']._serialized_end=855
-  _globals['_FORWARDROW_INPUTSENTRY']._serialized_start=788
-  _globals['_FORWARDROW_INPUTSENTRY']._serialized_end=855
-  _globals['_FORWARDWORK']._serialized_start=857
-  _globals['_FORWARDWORK']._serialized_end=964
-  _globals['_FORWARDROWOUTPUTS']._serialized_start=967
-  _globals['_FORWARDROWOUTPUTS']._serialized_end=1128
-  _globals['_FORWARDROWOUTPUTS_OUTPUTSENTRY']._serialized_start=1060
-  _globals['_FORWARDROWOUTPUTS_OUTPUTSENTRY']._serialized_end=1128
-  _globals['_FORWARDRESULT']._serialized_start=1130
-  _globals['_FORWARDRESULT']._serialized_end=1201
-  _globals['_SEQUENCEDELTA']._serialized_start=1203
-  _globals['_SEQUENCEDELTA']._serialized_end=1303
-  _globals['_REPLYERROR']._serialized_start=1305
-  _globals['_REPLYERROR']._serialized_end=1348
-  _globals['_REPLYCHUNK']._serialized_start=1351
-  _globals['_REPLYCHUNK']._serialized_end=1547
+  _globals['_SAMPLINGPARAMS']._serialized_end=485
+  _globals['_WORKITEM']._serialized_start=488
+  _globals['_WORKITEM']._serialized_end=848
+  _globals['_WORKITEM_TRACECONTEXTENTRY']._serialized_start=797
+  _globals['_WORKITEM_TRACECONTEXTENTRY']._serialized_end=848
+  _globals['_FORWARDROW']._serialized_start=851
+  _globals['_FORWARDROW']._serialized_end=1014
+  _globals['_FORWARDROW_INPUTSENTRY']._serialized_start=947
+  _globals['_FORWARDROW_INPUTSENTRY']._serialized_end=1014
+  _globals['_FORWARDWORK']._serialized_start=1016
+  _globals['_FORWARDWORK']._serialized_end=1123
+  _globals['_FORWARDROWOUTPUTS']._serialized_start=1126
+  _globals['_FORWARDROWOUTPUTS']._serialized_end=1287
+  _globals['_FORWARDROWOUTPUTS_OUTPUTSENTRY']._serialized_start=1219
+  _globals['_FORWARDROWOUTPUTS_OUTPUTSENTRY']._serialized_end=1287
+  _globals['_FORWARDRESULT']._serialized_start=1289
+  _globals['_FORWARDRESULT']._serialized_end=1360
+  _globals['_SEQUENCEDELTA']._serialized_start=1362
+  _globals['_SEQUENCEDELTA']._serialized_end=1462
+  _globals['_REPLYERROR']._serialized_start=1464
+  _globals['_REPLYERROR']._serialized_end=1507
+  _globals['_REPLYCHUNK']._serialized_start=1510
+  _globals['_REPLYCHUNK']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

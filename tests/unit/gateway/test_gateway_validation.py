@@ -23,6 +23,7 @@ LIMITS = RequestLimits(
     max_stop_length=5,
     max_chat_messages=3,
     max_prompt_chars=20,
+    max_beams=4,
 )
 
 
@@ -119,20 +120,51 @@ def test_a_chat_at_its_limits_passes():
         (request(parameters=params(repetition_penalty=-1)), "parameters.repetition_penalty is -1"),
         # Beam search.
         (
-            request(parameters=params(num_beams=4)),
-            "parameters.num_beams is 4: beam search (num_beams > 1) is not supported yet; use num_beams=1",
+            request(parameters=params(num_beams=5)),
+            "parameters.num_beams is 5; it must be between 1 (no beam search) and 4 (PIPESERVE_MAX_BEAMS)",
         ),
-        (request(parameters=params(num_beams=0)), "parameters.num_beams is 0; use num_beams=1"),
+        (request(parameters=params(num_beams=0)), "parameters.num_beams is 0; it must be between 1"),
+        (request(parameters=params(num_beams=-(2**31))), "parameters.num_beams is -2147483648"),
+        (
+            request(parameters=params(num_beams=2, do_sample=True)),
+            (
+                "parameters.num_beams is 2 with do_sample=true: beam sampling is not served; "
+                "set do_sample=false for beam search, or num_beams=1 to sample"
+            ),
+        ),
+        (
+            request(parameters=params(num_beams=2, ignore_eos=True)),
+            "parameters.ignore_eos is true with num_beams 2: ignore_eos is not served with beam search",
+        ),
+        (
+            request(parameters=params(num_beams=2, num_return_sequences=3)),
+            "parameters.num_return_sequences is 3, more than num_beams (2)",
+        ),
+        (request(parameters=params(length_penalty=math.nan)), "parameters.length_penalty is nan; it must be a finite"),
+        (request(parameters=params(length_penalty=-math.inf)), "parameters.length_penalty is -inf"),
+        # N-gram and minimum-length bans.
+        (
+            request(parameters=params(no_repeat_ngram_size=-1)),
+            "parameters.no_repeat_ngram_size is -1; it must be >= 0 (0 disables it)",
+        ),
+        (
+            request(parameters=params(min_new_tokens=-1)),
+            "parameters.min_new_tokens is -1; it must be between 0 (no minimum) and PIPESERVE_MAX_NEW_TOKENS_LIMIT (100)",
+        ),
+        (
+            request(parameters=params(min_new_tokens=11, max_new_tokens=10)),
+            "parameters.min_new_tokens is 11; it must be between 0 (no minimum) and max_new_tokens (10)",
+        ),
+        (request(parameters=params(min_new_tokens=101)), "parameters.min_new_tokens is 101"),
         # num_return_sequences.
         (
             request(parameters=params(do_sample=True, num_return_sequences=0)),
             "parameters.num_return_sequences is 0; it must be between 1 and 4",
         ),
         (request(parameters=params(do_sample=True, num_return_sequences=5)), "parameters.num_return_sequences is 5"),
-        (request(parameters=params(num_return_sequences=2)), "num_return_sequences is 2 without do_sample=true"),
         (
-            request(parameters=params(do_sample=False, num_return_sequences=2)),
-            "num_return_sequences is 2 without do_sample=true",
+            request(parameters=params(do_sample=False, num_beams=1, num_return_sequences=2)),
+            "num_return_sequences is 2 with do_sample=false and num_beams=1; greedy decoding would return",
         ),
         # Stop strings.
         (request(parameters=params(stop=["a", "b", "c"])), "parameters.stop has 3 strings; at most 2 are accepted"),
@@ -145,6 +177,23 @@ def test_a_chat_at_its_limits_passes():
 )
 def test_rule(req, expected):
     assert expected in rejected(req)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        params(num_beams=4, num_return_sequences=4, length_penalty=-2.5, early_stopping=True),
+        params(num_beams=2, do_sample=False, stop=["x"], no_repeat_ngram_size=3, min_new_tokens=100),
+        params(num_beams=1, do_sample=True, num_return_sequences=4),
+        # The model's defaults may sample or search beams: the tokenizer service checks the resolved values.
+        params(num_return_sequences=2),
+        params(do_sample=False, num_return_sequences=2),
+        params(num_beams=1, num_return_sequences=2),
+        params(min_new_tokens=10, max_new_tokens=10, no_repeat_ngram_size=2**31 - 1, length_penalty=0),
+    ],
+)
+def test_beam_search_and_its_options_at_their_limits_pass(parameters):
+    validate_generation_request(request(parameters=parameters), MODELS, LIMITS)
 
 
 def test_temperature_zero_without_sampling_is_greedy_and_allowed():
@@ -179,5 +228,6 @@ def test_limits_come_from_the_settings():
         max_stop_length=2,
         max_chat_messages=4,
         max_prompt_chars=5,
+        max_beams=2,
     )
-    assert RequestLimits.from_settings(settings) == RequestLimits(9, 3, 1, 2, 4, 5)
+    assert RequestLimits.from_settings(settings) == RequestLimits(9, 3, 1, 2, 4, 5, max_beams=2)

@@ -88,6 +88,29 @@ def test_the_task_parameters_override_the_generation_config(t5):
     assert preprocess(model, task="summarization", max_new_tokens=5).sampling.max_new_tokens == 5
 
 
+@pytest.mark.parametrize("task", ["summarization", "translation_en_to_de", "translation"])
+def test_t5_small_s_task_parameters_make_a_beam_search(t5, task):
+    sampling = preprocess(t5, task=task).sampling
+    assert sampling.num_beams == 4 and not sampling.do_sample
+    assert sampling.early_stopping == queue_pb2.EARLY_STOPPING_TRUE
+    if task == "summarization":
+        assert (sampling.length_penalty, sampling.no_repeat_ngram_size) == (2.0, 3)
+        # min_length=30 counts the decoder start token, as generate() counts it for encoder-decoder models.
+        assert sampling.min_new_tokens == 29
+    else:
+        assert (sampling.length_penalty, sampling.no_repeat_ngram_size, sampling.min_new_tokens) == (1.0, 0, 0)
+
+
+def test_the_request_overrides_the_task_parameters(t5):
+    sampling = preprocess(
+        t5, task="summarization", num_beams=1, min_new_tokens=0, no_repeat_ngram_size=0, length_penalty=1.0
+    ).sampling
+    assert (sampling.num_beams, sampling.min_new_tokens, sampling.no_repeat_ngram_size) == (1, 0, 0)
+    assert sampling.length_penalty == 1.0
+    # text2text-generation has no task parameters: the model's generation config alone.
+    assert preprocess(t5).sampling.num_beams == 1
+
+
 @pytest.mark.parametrize(
     ("request_options", "message"),
     [

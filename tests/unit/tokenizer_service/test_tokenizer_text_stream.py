@@ -153,6 +153,33 @@ async def test_one_sequence_stops_the_others_go_on(tiny_llama_tokenizer):
     assert responses[-1].usage == types_pb2.Usage(prompt_tokens=len(prompt), completion_tokens=completing + len(going))
 
 
+async def test_a_beam_search_reply_of_whole_sequences_in_one_chunk_streams_as_token_by_token(tiny_llama_tokenizer):
+    """A beam search's sequences arrive whole, together, each with its finish reason; stop strings still cut them."""
+    tokenizer = tiny_llama_tokenizer
+    prompt = tokenizer.encode("x =")
+    sequences = [
+        tokenizer.encode(" 1\nSTOP here", add_special_tokens=False) + [tokenizer.eos_token_id],
+        tokenizer.encode(" 2 + 3", add_special_tokens=False) + [tokenizer.eos_token_id],
+        tokenizer.encode(" 4 # 你好 STO", add_special_tokens=False),
+    ]
+    reasons = [FINISH.FINISH_REASON_EOS, FINISH.FINISH_REASON_EOS, FINISH.FINISH_REASON_LENGTH]
+    options = tokenizer_pb2.DecodeOptions(skip_special_tokens=True, stop=["STOP"], num_sequences=3)
+    whole = [chunk(*(delta(index, ids, reason) for index, (ids, reason) in enumerate(zip(sequences, reasons))))]
+    by_token = [
+        chunk(delta(index, [token], reason if position == len(ids) - 1 else FINISH.FINISH_REASON_UNSPECIFIED))
+        for index, (ids, reason) in enumerate(zip(sequences, reasons))
+        for position, token in enumerate(ids)
+    ]
+    (at_once, replies), (one_by_one, _) = [await run(tokenizer, prompt, options, c) for c in (whole, by_token)]
+    for index in range(3):
+        assert joined(at_once, index) == joined(one_by_one, index)
+    assert joined(at_once, 0)[0] == " 1\n" and joined(at_once, 2)[0] == " 4 # 你好 STO"
+    finishes = {r.index: r.finish_reason for r in at_once if r.finish_reason}
+    assert finishes == {0: FINISH.FINISH_REASON_STOP, 1: FINISH.FINISH_REASON_EOS, 2: FINISH.FINISH_REASON_LENGTH}
+    assert replies.cancelled == ["0"]
+    assert at_once[-1].usage == one_by_one[-1].usage
+
+
 async def test_worker_finish_reasons_pass_through_and_eos_token_is_kept(tiny_llama_tokenizer):
     tokenizer = tiny_llama_tokenizer
     eos = tokenizer.eos_token_id
