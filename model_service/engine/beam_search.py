@@ -40,8 +40,9 @@ from pipeserve.errors import InvalidArgument
 log = logging.getLogger(__name__)
 
 MAX_WAITING = 3
-"""Beam searches held here behind the running one. Any request read from the queue may be one, so the
-worker reads at most this many more (``free_rows``): the rest wait in the queue, where any worker can take them."""
+"""Beam searches held here behind the running one before the worker stops reading (``free_rows``), so that
+further ones wait in the queue, where any worker can take them. A read made while none is held may bring more
+(up to the batch's free rows, all of which could be searches): that bound is the batch size."""
 
 POLL_INTERVAL_S = 0.01
 """How often the worker loop looks for a finished search while nothing else needs a step."""
@@ -139,9 +140,15 @@ class BeamSearchRunner:
 
     @property
     def free_rows(self) -> int:
-        """The wrapped engine's free rows, but no more than the beam searches that could still wait here."""
+        """The wrapped engine's free rows; while a search is held, no more than the searches that could still wait.
+
+        Not capped while none is held: a burst of ordinary requests is read as
+        fast as the batch takes it, as without this runner.
+        """
         held = len(self._waiting) + (self._running is not None)
-        return min(self._engine.free_rows, 1 + MAX_WAITING - held)
+        if not held:
+            return self._engine.free_rows
+        return min(self._engine.free_rows, max(0, 1 + MAX_WAITING - held))
 
     @property
     def has_work(self) -> bool:
