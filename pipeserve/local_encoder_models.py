@@ -36,6 +36,18 @@ NLI_LABELS = ["contradiction", "neutral", "entailment"]
 TAPAS_AGGREGATION_LABELS = {0: "NONE", 1: "SUM", 2: "AVERAGE", 3: "COUNT"}
 
 
+# Every tiny BERT-style test model: 2 layers, 64 wide, and weights drawn wider than BERT's 0.02 so that a
+# random model's outputs (labels, spans, selected cells) vary from input to input.
+TINY_ENCODER_SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=512,
+    initializer_range=0.2,
+)
+
+
 def _build(out_dir: Path, model_class: str, *, labels: list[str] | None = None, seed: int = 0) -> Path:
     import torch
     import transformers
@@ -49,13 +61,8 @@ def _build(out_dir: Path, model_class: str, *, labels: list[str] | None = None, 
         extra = {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
+        **TINY_ENCODER_SHAPE,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,
         **extra,
     )
     torch.manual_seed(seed)
@@ -113,13 +120,8 @@ def build_tiny_tapas(out_dir: Path) -> Path:
     tokenizer = TapasTokenizer(str(vocab_file))
     config = TapasConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
+        **TINY_ENCODER_SHAPE,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,
         num_aggregation_labels=len(TAPAS_AGGREGATION_LABELS),
         aggregation_labels=TAPAS_AGGREGATION_LABELS,
         no_aggregation_label_index=0,

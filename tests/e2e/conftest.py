@@ -7,6 +7,7 @@ the gateway, the tokenizer service and the model worker are all up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import redis
 from polling import consecutive_free_ports
 
 from pipeserve.cli.stack import free_port
-from pipeserve.local_models import TINY_LLAMA
+from pipeserve.local_models import TINY_LLAMA, build_models
 from pipeserve.queue.keys import Keys
 from pipeserve.v1 import generation_pb2, generation_pb2_grpc, models_pb2_grpc
 
@@ -58,6 +59,15 @@ class RunningStack:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def one_model_stack(name: str, redis_url: str, tmp_path_factory) -> Iterator[tuple[RunningStack, Path]]:
+    """A stack serving one locally built model alone, and that model's directory (for the reference)."""
+    models_file = build_models(tmp_path_factory.mktemp(f"{name}-models"), [name], progress=lambda _msg: None)
+    running = start_stack(models_file, redis_url, tmp_path_factory.mktemp(f"{name}-stack"))
+    yield running, models_file.parent / name
+    assert stop_stack(running.process) == 0, f"serve-all did not shut down cleanly:\n{running.logs()}"
 
 
 def start_stack(

@@ -17,12 +17,11 @@ import pytest
 from question_answering_reference import reference
 
 from pipeserve.local_encoder_models import TINY_BERT_QA
-from pipeserve.local_models import build_models
 from pipeserve.v1 import pipelines_pb2 as pb
 from pipeserve.v1 import pipelines_pb2_grpc
 from pipeserve.v1 import question_answering_pb2 as qa
 
-from .conftest import start_stack, stop_stack
+from .conftest import one_model_stack
 
 CONTEXTS = [
     "Python is a programming language created by Guido van Rossum and first released in 1991.",
@@ -42,10 +41,8 @@ OPTIONS = {"max_seq_len": 48, "doc_stride": 16}
 
 @pytest.fixture(scope="module")
 def qa_stack(redis_url, tmp_path_factory):
-    models_file = build_models(tmp_path_factory.mktemp("qa-models"), [TINY_BERT_QA], progress=lambda _msg: None)
-    running = start_stack(models_file, redis_url, tmp_path_factory.mktemp("qa-stack"))
-    yield running, models_file.parent / TINY_BERT_QA
-    assert stop_stack(running.process) == 0, f"serve-all did not shut down cleanly:\n{running.logs()}"
+    with one_model_stack(TINY_BERT_QA, redis_url, tmp_path_factory) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from pipeserve.local_models import TINY_T5, build_models
+from pipeserve.local_models import TINY_T5
 from pipeserve.v1 import generation_pb2, generation_pb2_grpc, types_pb2
 
-from .conftest import start_stack, stop_stack
+from .conftest import one_model_stack
 
 MAX_NEW_TOKENS = 24
 TEXTS = [
@@ -41,10 +41,8 @@ TASKS = [
 
 @pytest.fixture(scope="module")
 def t5_stack(redis_url, tmp_path_factory):
-    models_file = build_models(tmp_path_factory.mktemp("seq2seq-models"), [TINY_T5], progress=lambda _msg: None)
-    running = start_stack(models_file, redis_url, tmp_path_factory.mktemp("seq2seq-stack"))
-    yield running, models_file.parent / TINY_T5
-    assert stop_stack(running.process) == 0, f"serve-all did not shut down cleanly:\n{running.logs()}"
+    with one_model_stack(TINY_T5, redis_url, tmp_path_factory) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

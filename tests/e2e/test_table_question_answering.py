@@ -26,22 +26,19 @@ from table_question_answering_samples import (
 from transformers import pipeline
 
 from pipeserve.local_encoder_models import TINY_TAPAS
-from pipeserve.local_models import build_models
 from pipeserve.v1 import pipelines_pb2 as pb
 from pipeserve.v1 import pipelines_pb2_grpc
 from pipeserve.v1 import table_question_answering_pb2 as tqa
 
-from .conftest import start_stack, stop_stack
+from .conftest import one_model_stack
 
 SAMPLES = [(REPOSITORIES, REPOSITORY_QUERIES), (CITIES, CITY_QUERIES)]
 
 
 @pytest.fixture(scope="module")
 def tapas_stack(redis_url, tmp_path_factory):
-    models_file = build_models(tmp_path_factory.mktemp("tapas-models"), [TINY_TAPAS], progress=lambda _msg: None)
-    running = start_stack(models_file, redis_url, tmp_path_factory.mktemp("tapas-stack"))
-    yield running, models_file.parent / TINY_TAPAS
-    assert stop_stack(running.process) == 0, f"serve-all did not shut down cleanly:\n{running.logs()}"
+    with one_model_stack(TINY_TAPAS, redis_url, tmp_path_factory) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
