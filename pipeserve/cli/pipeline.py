@@ -97,9 +97,7 @@ def build_request(model: str, task: str, texts: list[str], options: str) -> pipe
 
 def output_json(reply: pipelines_pb2.PipelineResponse) -> object:
     """The task's output, one entry per input item, packed tensors unpacked into nested lists."""
-    output = getattr(reply, reply.WhichOneof("output"))
-    (results,) = [value for descriptor, value in output.ListFields() if descriptor.name == "results"] or [[]]
-    return [_to_json(result) for result in results]
+    return [_to_json(result) for result in getattr(reply, reply.WhichOneof("output")).results]
 
 
 def _to_json(message: Message) -> dict:
